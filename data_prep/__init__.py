@@ -1,0 +1,1 @@
+"""Corpus preprocessing: raw mRNA files -> validated, codon-tokenised, zstd webdataset shards."""

@@ -1,0 +1,2 @@
+"""helm_scale: distributed pretraining of codon-level mRNA language models."""
+__version__ = "0.1.0"
