@@ -1,0 +1,358 @@
+"""Turn raw mRNA corpora into validated, codon-tokenised webdataset shards.
+
+Inputs: FASTA (.fa .fasta .fna), CSV / TSV (``--column``), OAS data units (csv.gz whose
+first line is JSON metadata), plain one-sequence-per-line text (.txt .seq); each may be
+.gz or .zst compressed; directories and globs expand to many files. Every record ends as
+kept, duplicate or rejected with a named reason, per file, in the manifest and summary.
+The output is byte-identical whatever the number of workers.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from helm_scale.codon import Vocabulary, helm_tree
+
+from helm_scale.shard_format import FORMAT, MANIFEST, SPLITS, shard_name
+
+from . import shards
+from .accounting import FileTally, RejectSampler, format_summary, totals
+from .dedup import SeenHashes
+from .policy import RecordPolicy, process_batch
+from .readers import InputError, InputSpec, TrackedFile, detect_format, discover, read_records
+
+INCOMPLETE_MARKER = ".prep-incomplete"
+
+
+@dataclass(frozen=True)
+class SplitPolicy:
+    by: str = "sequence"          # "sequence": hash of the tokens; "group": hash of the group key
+    val_fraction: float = 0.01
+    test_fraction: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.by not in ("sequence", "group"):
+            raise ValueError(f"split-by must be 'sequence' or 'group', not {self.by!r}")
+        if not (0 <= self.val_fraction and 0 <= self.test_fraction
+                and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("need 0 <= val, test fractions and val + test < 1")
+
+    def assign(self, key: bytes) -> str:
+        """A pure function of the key: the same record lands in the same split whatever
+        the input order or worker count."""
+        h = hashlib.blake2b(key, digest_size=8, salt=self.seed.to_bytes(16, "little"))
+        u = int.from_bytes(h.digest(), "little") / 2.0**64
+        return "test" if u < self.test_fraction else ("val" if u < self.test_fraction + self.val_fraction else "train")
+
+
+@dataclass
+class PrepConfig:
+    inputs: list[str]
+    output: str
+    input_spec: InputSpec = field(default_factory=InputSpec)
+    policy: RecordPolicy = field(default_factory=RecordPolicy)
+    split: SplitPolicy = field(default_factory=SplitPolicy)
+    dedup: bool = True
+    shard_bytes: int = 128 << 20
+    zstd_level: int = 3
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    batch_records: int = 4096
+    rejects_per_reason: int = 20
+    overwrite: bool = False
+    progress: bool = True
+
+    def settings(self) -> dict:
+        """What determines the output's content (the worker count does not)."""
+        return {"input_spec": asdict(self.input_spec), "policy": asdict(self.policy),
+                "split": asdict(self.split), "dedup": self.dedup, "shard_bytes": self.shard_bytes,
+                "zstd_level": self.zstd_level}
+
+
+class _Pool:
+    """Ordered batch processing and shard writing on worker processes, with a bounded
+    number of tasks in flight so memory stays flat however large the corpus; with no
+    workers, the same functions run inline."""
+
+    def __init__(self, workers: int):
+        import multiprocessing as mp
+        self.pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+        self.limit = 2 * max(workers, 1)
+
+    def submit(self, fn, *args):
+        return self.pool.apply_async(fn, args) if self.pool else _Done(fn(*args))
+
+    def close(self, abort: bool = False):
+        if self.pool:
+            (self.pool.terminate if abort else self.pool.close)()
+            self.pool.join()
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def get(self):
+        return self.value
+
+
+class _SplitWriter:
+    """Collects one split's kept samples into shards of about ``shard_bytes``."""
+
+    def __init__(self, name: str, cfg: PrepConfig, pool: _Pool):
+        self.name, self.cfg, self.pool = name, cfg, pool
+        self.summary = shards.SplitSummary()
+        self.pending, self.pending_bytes, self.in_flight = [], 0, deque()
+
+    def add(self, tokens: bytes, meta: dict) -> None:
+        self.pending.append((tokens, meta))
+        self.pending_bytes += len(tokens) + 1024  # tar headers and metadata: ~1 KiB a sample
+        if self.pending_bytes >= self.cfg.shard_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        path = shard_name(self.name, len(self.summary.shards) + len(self.in_flight))
+        first = self.summary.samples + sum(len(p) for _, p in self.in_flight)
+        self.in_flight.append((self.pool.submit(shards.write_shard, self.cfg.output, path, first,
+                                                self.pending, self.cfg.zstd_level), self.pending))
+        self.pending, self.pending_bytes = [], 0
+        while len(self.in_flight) > self.pool.limit:
+            self._collect_one()
+
+    def _collect_one(self) -> None:
+        future, samples = self.in_flight.popleft()
+        record = future.get()
+        self.summary.shards.append(record)
+        self.summary.samples += record.samples
+        self.summary.tokens += record.tokens
+
+    def finish(self) -> dict:
+        self.flush()
+        while self.in_flight:
+            self._collect_one()
+        return {"samples": self.summary.samples, "tokens": self.summary.tokens,
+                "shards": [asdict(s) for s in self.summary.shards]}
+
+
+def prepare_output(cfg: PrepConfig) -> bool:
+    """Make the output directory ready; returns whether we created it. Refuses to mix
+    with a finished or interrupted run unless --overwrite, and never deletes files that
+    are not ours."""
+    out = Path(cfg.output)
+    if not out.exists():
+        out.mkdir(parents=True)
+        return True
+    ours = {MANIFEST, "rejects.jsonl", INCOMPLETE_MARKER, *SPLITS}
+    present = {p.name for p in out.iterdir()}
+    if present - ours:
+        raise InputError(str(out), None, f"output directory holds files prep did not write "
+                         f"({sorted(present - ours)[:3]}); choose an empty or new directory")
+    if present and not cfg.overwrite:
+        state = "a finished dataset" if MANIFEST in present else "an interrupted prep run"
+        raise InputError(str(out), None, f"output directory holds {state}; pass --overwrite to "
+                         "replace it (prep is deterministic, so a re-run rebuilds it exactly)")
+    _remove_ours(out)
+    return False
+
+
+def _remove_ours(out: Path) -> None:
+    for name in (MANIFEST, "rejects.jsonl", INCOMPLETE_MARKER):
+        (out / name).unlink(missing_ok=True)
+    for split in SPLITS:
+        shutil.rmtree(out / split, ignore_errors=True)
+
+
+def run_prep(cfg: PrepConfig) -> dict:
+    """Prepare a dataset; returns its manifest. On any error nothing is left behind."""
+    files = discover(cfg.inputs)
+    for f in files:
+        detect_format(f)
+    vocab = Vocabulary.default()
+    created = prepare_output(cfg)
+    out = Path(cfg.output)
+    (out / INCOMPLETE_MARKER).write_text("prep started; a manifest.json appears only when it finished\n")
+    pool = _Pool(cfg.workers)
+    try:
+        manifest = _prep(cfg, files, vocab, pool)
+        pool.close()
+    except BaseException:
+        pool.close(abort=True)
+        (shutil.rmtree(out, ignore_errors=True) if created else _remove_ours(out))
+        raise
+    (out / INCOMPLETE_MARKER).unlink()
+    return manifest
+
+
+def _prep(cfg: PrepConfig, files: list[Path], vocab: Vocabulary, pool: _Pool) -> dict:
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    seen = SeenHashes() if cfg.dedup else None
+    writers = {s: _SplitWriter(s, cfg, pool) for s in SPLITS}
+    rejects = RejectSampler(cfg.rejects_per_reason)
+    policy = RecordPolicy(**{**asdict(cfg.policy), "require_group": cfg.split.by == "group"})
+    total_bytes = sum(f.stat().st_size for f in files)
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prep", disable=not cfg.progress,
+               file=sys.stderr, dynamic_ncols=True)
+    inputs, tallies, n_records = [], [], 0
+    for path in files:
+        tally, raw = FileTally(str(path)), TrackedFile(path)
+        in_flight: deque = deque()
+
+        def drain_one():
+            future, batch = in_flight.popleft()
+            _account(future.get(), batch, tally, seen, writers, rejects, cfg.split)
+
+        batch = []
+        for record in read_records(path, cfg.input_spec, raw):
+            batch.append(record)
+            if len(batch) == cfg.batch_records:
+                in_flight.append((pool.submit(process_batch, [r.sequence for r in batch],
+                                              [r.group for r in batch], policy, vocab), batch))
+                batch = []
+                while len(in_flight) > pool.limit:
+                    drain_one()
+                bar.update(raw.bytes_read - bar.n + sum(x["bytes"] for x in inputs))
+                bar.set_postfix(records_per_s=f"{(n_records + tally.records) / bar.format_dict['elapsed']:,.0f}"
+                                if bar.format_dict["elapsed"] else "-", refresh=False)
+        if batch:
+            in_flight.append((pool.submit(process_batch, [r.sequence for r in batch],
+                                          [r.group for r in batch], policy, vocab), batch))
+        while in_flight:
+            drain_one()
+        tally.check()
+        digest = raw.hexdigest()
+        inputs.append({"path": str(path), "format": detect_format(path), "bytes": path.stat().st_size,
+                       "sha256": digest, **tally.to_dict()})
+        tallies.append(tally)
+        n_records += tally.records
+        bar.update(sum(x["bytes"] for x in inputs) - bar.n)
+    bar.close()
+    split_summaries = {s: w.finish() for s, w in writers.items()}
+    rejects.write(Path(cfg.output) / "rejects.jsonl")
+    manifest = _manifest(cfg, vocab, inputs, tallies, split_summaries)
+    manifest["run"] = {"workers": cfg.workers, "seconds": round(time.perf_counter() - started, 3)}
+    shards.write_json_atomic(Path(cfg.output) / MANIFEST, manifest)
+    return manifest
+
+
+def _account(outcomes, batch, tally, seen, writers, rejects, split: SplitPolicy) -> None:
+    """Record each outcome in input order: the order that makes dedup deterministic."""
+    is_new = seen.add([o.digest for o in outcomes if o.reason is None]) if seen is not None else None
+    k = 0
+    for outcome, record in zip(outcomes, batch):
+        tally.records += 1
+        if outcome.reason is not None:
+            tally.rejected[outcome.reason] += 1
+            rejects.offer(outcome.reason, tally.path, record.line, record.record_id, outcome.normalised)
+            continue
+        new = True if is_new is None else bool(is_new[k])
+        k += 1
+        if not new:
+            tally.duplicates += 1
+            continue
+        tally.kept += 1
+        name = split.assign(outcome.tokens if split.by == "sequence" else record.group.encode())
+        writers[name].add(outcome.tokens, {"id": record.record_id, "source": tally.path,
+                                           "line": record.line, "split": name,
+                                           "group": record.group, "length": len(outcome.tokens)})
+
+
+def _manifest(cfg, vocab, inputs, tallies, split_summaries) -> dict:
+    import numpy
+    import webdataset
+    import zstandard
+
+    from helm_scale import __version__
+    tree = helm_tree(vocab)
+    return {
+        "format": FORMAT,
+        "vocabulary": vocab.to_dict(), "vocabulary_fingerprint": vocab.fingerprint,
+        "tree": tree.to_dict(), "tree_fingerprint": tree.fingerprint,
+        "token_dtype": vocab.token_dtype.name,
+        "token_layout": "codon ids only, no <cls>/<eos>: loaders add the specials",
+        "settings": cfg.settings(),
+        "inputs": inputs, "totals": totals(tallies), "splits": split_summaries,
+        "rejects_file": "rejects.jsonl",
+        "versions": {"helm_scale": __version__, "python": platform.python_version(),
+                     "numpy": numpy.__version__, "zstandard": zstandard.__version__,
+                     "webdataset": getattr(webdataset, "__version__", "unknown")},
+    }
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("ib").rstrip("b")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 64MB, 512k, 1G)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="files, directories or globs (quote globs)")
+    p.add_argument("-o", "--output", required=True, help="output dataset directory (new or empty)")
+    g = p.add_argument_group("tabular inputs (CSV, TSV, OAS)")
+    g.add_argument("--column", help="name of the sequence column")
+    g.add_argument("--id-column", help="name of the record id column (default: row number)")
+    g.add_argument("--group-column", help="column with a group key (gene id, clone id) for --split-by group")
+    p.add_argument("--group-regex", help="FASTA: regex on the header whose first group is the group key")
+    g = p.add_argument_group("record policy")
+    g.add_argument("--frame", choices=("orf", "trim"), default="orf",
+                   help="orf: require ATG ... stop in frame (default); trim: read from the first "
+                        "base and drop trailing bases (for antibody V(D)J and other partial CDS)")
+    g.add_argument("--min-codons", type=int, default=10, help="shortest kept sequence (default 10)")
+    g.add_argument("--max-codons", type=int, default=None, help="longest kept sequence (default: no limit)")
+    g.add_argument("--max-ambiguous-codons", type=int, default=0,
+                   help="codons with IUPAC codes (N, R, ...) allowed per sequence, as <unk> (default 0)")
+    g.add_argument("--no-dedup", action="store_true", help="keep exact duplicates")
+    g = p.add_argument_group("splits")
+    g.add_argument("--split-by", choices=("sequence", "group"), default="sequence",
+                   help="hash the sequence or the group key to pick the split (default sequence)")
+    g.add_argument("--val-fraction", type=float, default=0.01)
+    g.add_argument("--test-fraction", type=float, default=0.01)
+    g.add_argument("--split-seed", type=int, default=0)
+    g = p.add_argument_group("output and execution")
+    g.add_argument("--shard-size", type=_size, default="128MB", help="target shard size (default 128MB)")
+    g.add_argument("--zstd-level", type=int, default=3)
+    g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: cores)")
+    g.add_argument("--rejects-per-reason", type=int, default=20, help="rejects sampled to rejects.jsonl")
+    g.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted dataset")
+    g.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def config_from_args(args) -> PrepConfig:
+    return PrepConfig(
+        inputs=args.inputs, output=args.output,
+        input_spec=InputSpec(args.column, args.id_column, args.group_column, args.group_regex),
+        policy=RecordPolicy(args.frame, args.min_codons, args.max_codons, args.max_ambiguous_codons),
+        split=SplitPolicy(args.split_by, args.val_fraction, args.test_fraction, args.split_seed),
+        dedup=not args.no_dedup, shard_bytes=args.shard_size, zstd_level=args.zstd_level,
+        workers=args.workers, rejects_per_reason=args.rejects_per_reason,
+        overwrite=args.overwrite, progress=not args.quiet)
+
+
+def run(args) -> int:
+    try:
+        cfg = config_from_args(args)
+        started = time.perf_counter()
+        manifest = run_prep(cfg)
+    except (InputError, ValueError, re.error) as e:  # bad input or settings, not a bug
+        print(f"helm-scale prep: error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        input_bytes = sum(i["bytes"] for i in manifest["inputs"])
+        print(format_summary(manifest, time.perf_counter() - started, input_bytes))
+        print(f"\nwrote {cfg.output}/{MANIFEST}; check it any time with: helm-scale verify {cfg.output}")
+    return 0

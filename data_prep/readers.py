@@ -1,0 +1,241 @@
+"""Input discovery and streaming readers for every corpus format ``prep`` accepts.
+
+Readers yield :class:`RawRecord` s one at a time from a binary stream, so memory stays
+flat however large a file is. Anything that makes the rest of a file unreadable
+(truncated compression, binary content, a sequence before the first FASTA header, a
+missing CSV column) raises :class:`InputError` naming the file and line; problems of a
+single record are left for the record policy to count.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import hashlib
+import io
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import zstandard
+
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+FORMATS = {".fa": "fasta", ".fasta": "fasta", ".fna": "fasta", ".ffn": "fasta",
+           ".csv": "csv", ".tsv": "tsv", ".txt": "lines", ".seq": "lines"}
+
+
+class InputError(Exception):
+    """A structural problem that stops preparation: names the file and line."""
+
+    def __init__(self, source: str, line: int | None, message: str):
+        where = f"{source}:{line}" if line else source
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    record_id: str
+    line: int           # 1-based line where the record starts
+    sequence: bytes     # as read, not yet normalised
+    group: str | None   # group key for the split, if the input names one
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How to read tabular inputs; FASTA and line files need none of it."""
+
+    column: str | None = None        # sequence column of CSV / TSV / OAS files
+    id_column: str | None = None     # record id column (default: the line number)
+    group_column: str | None = None  # group key column (gene id, clone id)
+    group_regex: str | None = None   # group key from a FASTA header: first capture group
+
+
+def discover(paths: list[str]) -> list[Path]:
+    """Expand files, directories (recursively) and globs into a sorted, unique file list."""
+    found: set[Path] = set()
+    for p in paths:
+        matches = [Path(m) for m in sorted(glob.glob(p, recursive=True))] or [Path(p)]
+        for m in matches:
+            if m.is_dir():
+                found.update(f for f in m.rglob("*") if f.is_file() and detect_format(f, strict=False))
+            elif m.is_file():
+                found.add(m)
+            else:
+                raise InputError(p, None, "no such file, directory or glob match")
+    if not found:
+        raise InputError(", ".join(paths), None, "no input files found")
+    return sorted(found)
+
+
+def _suffixes(path: Path) -> tuple[str | None, str]:
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    fmt_suffix = suffixes[-2] if compression and len(suffixes) > 1 else (suffixes[-1] if suffixes and not compression else "")
+    return compression, fmt_suffix
+
+
+def detect_format(path: Path, strict: bool = True) -> str | None:
+    _, fmt_suffix = _suffixes(Path(path))
+    fmt = FORMATS.get(fmt_suffix)
+    if fmt is None and strict:
+        raise InputError(str(path), None, f"unknown format (known endings: {', '.join(FORMATS)}, "
+                         f"optionally followed by {', '.join(COMPRESSIONS)})")
+    return fmt
+
+
+class _LineCounter:
+    """Wraps a binary line iterator to know the current line and to turn decompression
+    failures into InputErrors that name the file and line."""
+
+    def __init__(self, stream, source: str):
+        self.stream, self.source, self.line = stream, source, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for raw in self.stream:
+                self.line += 1
+                if not raw.isascii() or b"\x00" in raw:
+                    raise InputError(self.source, self.line, "binary or non-text content")
+                yield raw
+        except (EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError) as e:
+            raise InputError(self.source, self.line + 1,
+                             f"corrupt or truncated compressed data ({e})") from e
+
+
+class TrackedFile(io.RawIOBase):
+    """The raw input file: counts bytes read (for progress) and hashes them (for the
+    manifest) as decompression pulls them, so each input is read exactly once."""
+
+    def __init__(self, path: Path):
+        self._f, self.sha, self.bytes_read = open(path, "rb"), hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._f.readinto(buffer)
+        self.sha.update(memoryview(buffer)[:n])
+        self.bytes_read += n
+        return n
+
+    def hexdigest(self) -> str:
+        """sha256 of the whole file, reading whatever decompression left unread.
+
+        The decompressing wrappers close this object when they finish; the file itself
+        stays open until here so that the tail (a gzip trailer, say) is hashed too."""
+        while block := self._f.read(1 << 20):
+            self.sha.update(block)
+            self.bytes_read += len(block)
+        self._f.close()
+        return self.sha.hexdigest()
+
+
+def _decompressed(path: Path, raw: TrackedFile):
+    compression, _ = _suffixes(path)
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=io.BufferedReader(raw), mode="rb")
+    if compression == "zstd":
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=False))
+    return io.BufferedReader(raw)
+
+
+def read_records(path: Path, spec: InputSpec, raw: TrackedFile | None = None) -> Iterator[RawRecord]:
+    """Records of one file, streamed. Raises InputError on structural problems."""
+    source, fmt = str(path), detect_format(path)
+    if path.stat().st_size == 0:
+        raise InputError(source, None, "file is empty (a failed download?); remove it or fix it")
+    with _decompressed(path, raw or TrackedFile(path)) as stream:
+        lines = _LineCounter(stream, source)
+        if fmt == "fasta":
+            yield from _fasta(lines, spec)
+        elif fmt == "lines":
+            yield from _plain_lines(lines)
+        else:
+            yield from _table(lines, spec, delimiter="\t" if fmt == "tsv" else ",")
+
+
+def _fasta(lines: _LineCounter, spec: InputSpec) -> Iterator[RawRecord]:
+    group_re = re.compile(spec.group_regex) if spec.group_regex else None
+    header, start, chunks = None, 0, []
+    for raw in lines:
+        if raw.startswith(b">"):
+            if header is not None:
+                yield _fasta_record(header, start, chunks, group_re, lines.source)
+            header, start, chunks = raw[1:].strip().decode(), lines.line, []
+        elif header is None:
+            if raw.strip() and not raw.startswith(b";"):
+                raise InputError(lines.source, lines.line, "sequence before the first '>' header")
+        else:
+            chunks.append(raw)
+    if header is not None:
+        yield _fasta_record(header, start, chunks, group_re, lines.source)
+    elif lines.line == 0:
+        raise InputError(lines.source, None, "no content after decompression")
+
+
+def _fasta_record(header: str, line: int, chunks, group_re, source) -> RawRecord:
+    record_id = header.split(maxsplit=1)[0] if header else f"{source}:{line}"
+    group = None
+    if group_re is not None:
+        m = group_re.search(header)
+        group = (m.group(1) if m.groups() else m.group(0)) if m else None
+    return RawRecord(record_id, line, b"".join(chunks), group)
+
+
+def _plain_lines(lines: _LineCounter) -> Iterator[RawRecord]:
+    for raw in lines:
+        if raw.strip():
+            yield RawRecord(f"line{lines.line}", lines.line, raw, None)
+
+
+def _table(lines: _LineCounter, spec: InputSpec, delimiter: str) -> Iterator[RawRecord]:
+    text = (raw.decode() for raw in lines)
+    first = next(text, None)
+    if first is None:
+        raise InputError(lines.source, None, "no content after decompression")
+    if _is_oas_metadata(first):  # OAS data units open with one line of JSON metadata
+        first = next(text, None)
+        if first is None:
+            raise InputError(lines.source, 2, "OAS metadata line but no header row")
+    header_line = lines.line
+    reader = csv.reader(_chain(first, text), delimiter=delimiter)
+    header = next(reader)
+    if spec.column is None:
+        raise InputError(lines.source, header_line, f"tabular input needs --column; columns are {header}")
+    index = {}
+    for role, name in (("sequence", spec.column), ("id", spec.id_column), ("group", spec.group_column)):
+        if name is not None:
+            if name not in header:
+                raise InputError(lines.source, header_line,
+                                 f"no {role} column named {name!r}; columns are {header}")
+            index[role] = header.index(name)
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise InputError(lines.source, lines.line,
+                             f"row has {len(row)} fields, the header has {len(header)}")
+        rid = row[index["id"]] if "id" in index else f"row{lines.line}"
+        group = row[index["group"]] if "group" in index else None
+        yield RawRecord(rid, lines.line, row[index["sequence"]].encode(), group)
+
+
+def _chain(first: str, rest):
+    yield first
+    yield from rest
+
+
+def _is_oas_metadata(line: str) -> bool:
+    s = line.strip()
+    if s.startswith('"') and s.endswith('"'):
+        s = s[1:-1].replace('""', '"')
+    if not s.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(s), dict)
+    except json.JSONDecodeError:
+        return False
+
