@@ -80,28 +80,33 @@ class PrepConfig:
 
 class _Pool:
     """Ordered batch processing and shard writing on worker processes, with a bounded
-    number of tasks in flight so memory stays flat however large the corpus; with no
-    workers, the same functions run inline."""
+    number of tasks in flight so memory stays flat however large the corpus; with one
+    worker, the same functions run inline."""
 
     def __init__(self, workers: int):
         import multiprocessing as mp
-        self.pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+        from concurrent.futures import ProcessPoolExecutor
+
+        import webdataset  # noqa: F401  (imports torch: once here, not in every worker)
+        self.executor = (ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+                         if workers > 1 else None)
         self.limit = 2 * max(workers, 1)
 
     def submit(self, fn, *args):
-        return self.pool.apply_async(fn, args) if self.pool else _Done(fn(*args))
+        return self.executor.submit(fn, *args) if self.executor else _Done(fn(*args))
 
     def close(self, abort: bool = False):
-        if self.pool:
-            (self.pool.terminate if abort else self.pool.close)()
-            self.pool.join()
+        # On abort, let running tasks finish (a shard write takes seconds) rather than
+        # killing workers mid-write, which can leave the pool's queues locked.
+        if self.executor:
+            self.executor.shutdown(wait=True, cancel_futures=abort)
 
 
 class _Done:
     def __init__(self, value):
         self.value = value
 
-    def get(self):
+    def result(self):
         return self.value
 
 
@@ -132,7 +137,7 @@ class _SplitWriter:
 
     def _collect_one(self) -> None:
         future, samples = self.in_flight.popleft()
-        record = future.get()
+        record = future.result()
         self.summary.shards.append(record)
         self.summary.samples += record.samples
         self.summary.tokens += record.tokens
@@ -212,7 +217,7 @@ def _prep(cfg: PrepConfig, files: list[Path], vocab: Vocabulary, pool: _Pool) ->
 
         def drain_one():
             future, batch = in_flight.popleft()
-            _account(future.get(), batch, tally, seen, writers, rejects, cfg.split)
+            _account(future.result(), batch, tally, seen, writers, rejects, cfg.split)
 
         batch = []
         for record in read_records(path, cfg.input_spec, raw):
