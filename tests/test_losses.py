@@ -279,3 +279,38 @@ def test_configuration_is_validated():
     with pytest.raises(ValueError, match="padded vocabulary"):
         build_loss(LossConfig(), VOCAB, len(VOCAB) - 1)
 
+
+
+def blocked_tree():
+    """64 tokens in 8 contiguous blocks of 8 (groups g0..g7 under a and b): the k-mer
+    layout that takes the reshaped (blocked) group-sum path."""
+    from helm_scale.codon import CodonTree
+    names, parents = ["root", "a", "b"], [-1, 0, 0]
+    for i in range(8):
+        names.append(f"g{i}"), parents.append(1 + i % 2)
+    leaf_of = []
+    for i in range(64):
+        leaf_of.append(len(names))
+        names.append(f"t{i}"), parents.append(3 + i // 8)
+    return CodonTree("blocked", tuple(names), tuple(parents), tuple(leaf_of))
+
+
+def test_blocked_vocabulary_layout_matches_brute_force():
+    from helm_scale.losses import HierarchicalLoss
+    tree = blocked_tree()
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(3, 10, 64, generator=g, dtype=torch.float64) * 3
+    targets = torch.randint(0, 64, (3, 10), generator=g)
+    mask = torch.rand(3, 10, generator=g) > 0.2
+    classes = [tree.parents[leaf] for leaf in tree.leaf_of]
+    for cfg in (LossConfig("hxe", alpha=0.6), LossConfig("soft", beta=2.0), LossConfig("aa")):
+        fn = HierarchicalLoss(tree, 64, cfg)
+        assert fn._shard(fn._tables(logits.device, torch.float64), logits.device,
+                         torch.float64, 0, 64).block == 8
+        z = logits.clone().requires_grad_(True)
+        out = fn(z, targets, mask)
+        out.loss.backward()
+        loss, grad, metrics = oracle(cfg, tree, logits, targets, mask, classes, set())
+        torch.testing.assert_close(out.loss.detach(), loss, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(z.grad, grad, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(out.metrics["synonymous_accuracy"], metrics["synonymous_accuracy"])

@@ -55,6 +55,24 @@ def _rank_checks(rank, world, batches):
                                       mask.float(), world)
     out["megatron"] = (res.loss.detach(), z.grad, ref_loss, ref_grad, fn.tree.num_nodes)
 
+    # The blocked (k-mer style) layout, sliced across ranks, against one device.
+    from tests.test_losses import blocked_tree
+    from helm_scale.losses import HierarchicalLoss
+    g = torch.Generator().manual_seed(13)
+    kmer = torch.randn(40, 64, generator=g, dtype=torch.float64) * 3
+    kmer_targets, kmer_mask = torch.randint(0, 64, (40,), generator=g), torch.ones(40)
+    out["blocked"] = []
+    for cfg in (LossConfig("hxe", alpha=0.6), LossConfig("soft", beta=2.0)):
+        fn = HierarchicalLoss(blocked_tree(), 64, cfg)
+        z = _shard(kmer, rank, world).contiguous().requires_grad_(True)
+        res = fn(z, kmer_targets, kmer_mask, group=group)
+        res.loss.backward()
+        full = kmer.clone().requires_grad_(True)
+        ref = fn(full, kmer_targets, kmer_mask)
+        ref.loss.backward()
+        out["blocked"].append((res.loss.detach(), ref.loss.detach(), z.grad,
+                               _shard(full.grad, rank, world)))
+
     # Data parallel: each rank scores its own batch at TP = 1; reduced sums must equal
     # one device scoring all batches together.
     own = batches["dp"][rank]
@@ -86,6 +104,11 @@ def test_vocab_parallel_matches_brute_force_and_megatron(world):
     torch.testing.assert_close(ours[0] * nodes[0], ref[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(torch.cat(our_grad, -1) * nodes[0], torch.cat(ref_grad, -1),
                                rtol=1e-5, atol=1e-7)
+
+    for r in results:
+        for loss, ref_loss, grad, ref_grad in r["blocked"]:
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-13)
 
     all_z = torch.cat([b[0] for b in dp_batches])
     all_t = torch.cat([b[1] for b in dp_batches])

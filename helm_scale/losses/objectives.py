@@ -21,7 +21,8 @@ from torch import nn
 
 from helm_scale.codon import TREE_BUILDERS, CodonTree, Vocabulary, build_tree
 from helm_scale.losses import tables as T
-from helm_scale.losses.hxe import ShardTables, VocabParallelHXE
+from helm_scale.losses.hxe import (ShardTables, VocabParallelHXE, blocked_layout,
+                                   grouped_range)
 from helm_scale.losses.metrics import LossOutput, metric_means
 
 OBJECTIVES = ("xe", "hxe", "soft", "aa", "hxe+aa")
@@ -90,6 +91,7 @@ class HierarchicalLoss(nn.Module):
         self.vocab_size, self.padded_vocab_size = len(tree.leaf_of), padded_vocab_size
         tab = T.tree_tables(tree, padded_vocab_size)
         self.num_groups, self.height = tab.num_groups, tree.height
+        self._group_levels = [(torch.as_tensor(c), torch.as_tensor(p)) for c, p in tab.group_levels]
         if synonym_class is None:
             synonym_class = [tree.parents[leaf] for leaf in tree.leaf_of]
         classes = np.full(padded_vocab_size, -1, dtype=np.int64)
@@ -99,7 +101,6 @@ class HierarchicalLoss(nn.Module):
         log_mass_w, logit_sum_w = _objective_weights(cfg, tree)
         host = {
             "parent_column": torch.as_tensor(tab.parent_column),
-            "ancestor_or_self": torch.as_tensor(tab.ancestor_or_self),
             "path_columns": torch.as_tensor(tab.path_columns),
             "path_valid": torch.as_tensor(tab.path_valid),
             "path_depth": torch.as_tensor(tab.path_depth),
@@ -113,6 +114,7 @@ class HierarchicalLoss(nn.Module):
         for name, value in host.items():
             self.register_buffer(name, value, persistent=False)
         self._cache: dict[tuple, _DeviceTables] = {}
+        self._shards: dict[tuple, ShardTables] = {}
 
     def _tables(self, device, dtype) -> dict[str, torch.Tensor]:
         key = (device, dtype)
@@ -122,6 +124,19 @@ class HierarchicalLoss(nn.Module):
                 out[name] = buf.to(device, dtype if buf.is_floating_point() else buf.dtype)
             self._cache[key] = _DeviceTables(out)
         return self._cache[key].tensors
+
+    def _shard(self, tab, device, dtype, rank: int, v_local: int) -> ShardTables:
+        key = (device, dtype, rank, v_local)
+        if key not in self._shards:
+            lo, hi = rank * v_local, (rank + 1) * v_local
+            parent = tab["parent_column"][lo:hi].contiguous()
+            block, block_column = blocked_layout(parent)
+            levels = tuple((c.to(device), p.to(device)) for c, p in self._group_levels)
+            self._shards[key] = ShardTables(lo, parent, tab["token_class"][lo:hi],
+                                            levels, self.num_groups,
+                                            block, block_column,
+                                            *grouped_range(parent, self.num_groups))
+        return self._shards[key]
 
     def forward(self, logits_shard: torch.Tensor, targets: torch.Tensor,
                 loss_mask: torch.Tensor, group=None) -> LossOutput:
@@ -144,9 +159,7 @@ class HierarchicalLoss(nn.Module):
             raise ValueError("a target outside the real vocabulary is not masked out")
         safe = torch.where(mask != 0, flat_targets, torch.zeros_like(flat_targets))
 
-        lo, hi = rank * v_local, (rank + 1) * v_local
-        shard = ShardTables(lo, tab["parent_column"][lo:hi], tab["token_class"][lo:hi],
-                            tab["ancestor_or_self"], self.num_groups)
+        shard = self._shard(tab, logits_shard.device, compute, rank, v_local)
         log_mass_w = tab["log_mass_weights"][safe] * mask[:, None]
         logit_sum_w = tab.get("logit_sum_weights")
         if logit_sum_w is not None:

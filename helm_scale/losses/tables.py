@@ -3,8 +3,9 @@
 Every objective here is a linear combination, per target token t, of two quantities on
 the nodes of t's path (leaf first, root excluded, as ``CodonTree.paths`` lists them):
 
-    loss(t) = - sum_j w[t, j] * log P(n_j)  -  sum_j u[t, j] * S(n_j)  +  (sum_j u...)
-    (S(n): sum of max-shifted logits under n, used only by soft labels)
+    loss(t) = - sum_j w[t, j] log P(n_j)  -  sum_j u[t, j] S(n_j)  +  [u != 0] log Z
+    (S(n): sum of the max-shifted logits under n; Z: the softmax normaliser; the u terms
+    are soft labels, sum_i y_i log p_i written per node)
 
 so the vocab-parallel kernel is objective-agnostic: it reduces path masses and path
 logit sums, and these tables (built once, in float64, from the tree) say how to weigh
@@ -24,11 +25,13 @@ from helm_scale.codon import CodonTree
 class TreeTables:
     num_groups: int  # G; index G is the no-group sink
     parent_column: np.ndarray  # [V_padded] group column of each entry's parent leaf group
-    ancestor_or_self: np.ndarray  # [G+1, G+1] 1 where row group lies under (or is) column group
     path_columns: np.ndarray  # [V, H] group column per path slot; slot 0 (the leaf) -> sink
     path_valid: np.ndarray  # [V, H] bool: the slot holds a node
     path_depth: np.ndarray  # [V, H] depth of the slot's node (0 where invalid)
     leaves_under: np.ndarray  # [V, H] number of real tokens under the slot's node
+    # (child group columns, their parent group columns) per depth, deepest first: adding
+    # each level into its parents turns leaf-parent sums into every group's sum.
+    group_levels: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
 
 def tree_tables(tree: CodonTree, padded_vocab_size: int) -> TreeTables:
@@ -43,14 +46,6 @@ def tree_tables(tree: CodonTree, padded_vocab_size: int) -> TreeTables:
     parent_column = np.full(padded_vocab_size, sink, dtype=np.int64)
     parent_column[:vocab_size] = column_of[[tree.parents[leaf] for leaf in tree.leaf_of]]
 
-    up = np.zeros((sink + 1, sink + 1))
-    up[sink, sink] = 1.0
-    for g in groups:
-        node = g
-        while node != 0:
-            up[column_of[g], column_of[node]] = 1.0
-            node = tree.parents[node]
-
     paths = tree.paths
     valid = paths >= 0
     path_columns = np.where(valid, column_of[np.where(valid, paths, 0)], sink)
@@ -58,7 +53,13 @@ def tree_tables(tree: CodonTree, padded_vocab_size: int) -> TreeTables:
     depth = np.where(valid, tree.depth[np.where(valid, paths, 0)], 0)
     sizes = tree.membership.sum(axis=1)
     leaves_under = np.where(valid, sizes[np.where(valid, paths, 0)], 0)
-    return TreeTables(sink, parent_column, up, path_columns, valid, depth, leaves_under)
+    levels = []
+    for d in range(tree.height, 1, -1):
+        child = [g for g in groups if tree.depth[g] == d and tree.parents[g] != 0]
+        if child:
+            levels.append((column_of[child], column_of[[tree.parents[g] for g in child]]))
+    return TreeTables(sink, parent_column, path_columns, valid, depth, leaves_under,
+                      tuple(levels))
 
 
 def node_lambdas(tree: CodonTree, alpha: float, normalized: bool) -> np.ndarray:
