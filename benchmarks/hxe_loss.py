@@ -3,8 +3,8 @@ vocab-parallel CE vs F.cross_entropy, on the same logits, side by side in one ru
 
     python benchmarks/hxe_loss.py [--quick]
 
-Two gloo processes: TP = 2 runs on both (1 thread each); TP = 1 runs on rank 0 alone
-(2 threads) while rank 1 waits. Memory is the process's peak resident set growth during
+Two gloo processes, one thread each: TP = 2 runs on both; TP = 1 runs on rank 0 alone
+while rank 1 waits. Memory is the process's peak resident set growth during
 fwd+bwd (Linux clear_refs / VmHWM; glibc is told to mmap every large block so freed
 tensors leave RSS at once), measured with the logits already allocated; the gradient
 that ends in logits.grad counts. Writes benchmarks/results/hxe_loss_cpu.json.
@@ -72,25 +72,31 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def _measure(step, make_input, reps):
+def _peak_mib(step, make_input) -> float:
+    z = make_input()
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS watermark
+    before = _status_kib("VmRSS")
+    step(z)
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def _measure(methods: dict, make_input, reps: int) -> dict:
+    """Peak memory per method, then timings interleaved method by method, so that load
+    from other processes on the machine hits every method alike."""
     _malloc_mode(measure_memory=True)
-    peaks = []
-    for _ in range(2):
-        z = make_input()
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS watermark
-        before = _status_kib("VmRSS")
-        step(z)
-        peaks.append((_status_kib("VmHWM") - before) / 1024)
-        del z
+    peaks = {name: max(_peak_mib(step, make_input) for _ in range(2))
+             for name, step in methods.items()}
     _malloc_mode(measure_memory=False)
-    times = []
-    for _ in range(reps + 1):  # the first is a warm-up
-        z = make_input()
-        start = time.perf_counter()
-        step(z)
-        times.append(time.perf_counter() - start)
-        del z
-    return statistics.median(times[1:]), max(peaks)
+    times = {name: [] for name in methods}
+    for rep in range(reps + 1):  # the first round is a warm-up
+        for name, step in methods.items():
+            z = make_input()
+            start = time.perf_counter()
+            step(z)
+            if rep:
+                times[name].append(time.perf_counter() - start)
+            del z
+    return {name: (statistics.median(times[name]), peaks[name]) for name in methods}
 
 
 def _megatron_step(target, mask):
@@ -128,7 +134,9 @@ def _bench_rank(rank, world, grid, reps_small, reps_big):
         parallel_state.destroy_model_parallel()
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
         active = tp == 2 or rank == 0
-        torch.set_num_threads(2 if tp == 1 else 1)
+        # One thread per rank: the idle rank's gloo wait can poll a core, and OpenMP
+        # threads that lose a core stall; it also keeps TP = 1 and 2 per-rank comparable.
+        torch.set_num_threads(1)
         group = parallel_state.get_tensor_model_parallel_group() if tp == 2 else None
         tp_rank = rank if tp == 2 else 0
         for vocab_name, token_counts in grid.items():
@@ -153,8 +161,7 @@ def _bench_rank(rank, world, grid, reps_small, reps_big):
                     methods["torch_ce"] = _xe_step(full_target, mask)
                 row = {"vocab": vocab_name, "padded_vocab": padded, "tp": tp,
                        "tokens": tokens, "groups": hxe.num_groups + 1}
-                for name, step in methods.items():
-                    seconds, peak = _measure(step, fresh, reps)
+                for name, (seconds, peak) in _measure(methods, fresh, reps).items():
                     row[f"{name}_s"], row[f"{name}_peak_mib"] = seconds, peak
                 row["logits_mib"] = tokens * width * 4 / 2**20
                 row["tokens_x_groups_mib"] = tokens * row["groups"] * 4 / 2**20
@@ -194,7 +201,7 @@ def main(quick: bool = False):
     RESULTS.write_text(json.dumps({
         "device": device, "torch": torch.__version__, "python": platform.python_version(),
         "config": {"loss": "hxe", "alpha": 0.4, "normalized": True, "dtype": "float32",
-                   "grid": grid, "tp1_threads": 2, "tp2_threads_per_rank": 1,
+                   "grid": grid, "threads_per_rank": 1,
                    "memory": "peak RSS growth during fwd+bwd, rank 0, logits preallocated"},
         "rows": rows, "wall_seconds": time.perf_counter() - started}, indent=2))
     print(f"wrote {RESULTS}")

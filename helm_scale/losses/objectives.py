@@ -9,10 +9,20 @@ Objectives (``LossConfig.name``):
 The tree ("helm" | "flat" | "random" with tree_seed) shapes every objective; the
 random tree is the ablation control. Every objective runs through the same
 vocab-parallel Function (hxe.VocabParallelHXE), at TP = 1 too.
+
+Call contract: ``loss_fn(logits_shard, targets, loss_mask, group=None) -> LossOutput``.
+``logits_shard`` is rank r's slice [r*V/TP, (r+1)*V/TP) of the padded vocabulary (fp32,
+bf16 or fp64; fp32 or better inside); ``targets`` global ids; ``loss_mask`` 0/1 (or
+fractional weights), zero at padding and non-target positions, whose targets may hold
+anything (-100, pad ids). A non-masked target outside the real vocabulary raises (this
+check syncs with the device once per call). The loss is the mask-weighted mean over
+target tokens; a batch with no target token gives 0 with a graph and zero gradients.
+Padding entries of the vocabulary take part in the softmax (as in megatron-core's
+cross-entropy) but belong to no group.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -50,6 +60,8 @@ class LossConfig:
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ValueError(f"LossConfig.{key} must be a finite number >= 0, got {value!r}")
+        if not isinstance(self.tree_seed, int):
+            raise ValueError(f"LossConfig.tree_seed must be an int, got {self.tree_seed!r}")
         if self.name == "hxe+aa" and self.aa_weight == 0:
             raise ValueError("hxe+aa with aa_weight = 0 is hxe: say name='hxe'")
 
@@ -66,11 +78,6 @@ def _objective_weights(cfg: LossConfig, tree: CodonTree):
         return (T.hxe_weights(tree, cfg.alpha, cfg.normalized)
                 + cfg.aa_weight * T.parent_group_weights(tree)), None
     return np.zeros(tree.paths.shape), T.soft_label_weights(tree, cfg.beta)
-
-
-@dataclass
-class _DeviceTables:
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class HierarchicalLoss(nn.Module):
@@ -113,17 +120,16 @@ class HierarchicalLoss(nn.Module):
             host["logit_sum_weights"] = torch.as_tensor(logit_sum_w)
         for name, value in host.items():
             self.register_buffer(name, value, persistent=False)
-        self._cache: dict[tuple, _DeviceTables] = {}
+        self._tables_by_device: dict[tuple, dict[str, torch.Tensor]] = {}
         self._shards: dict[tuple, ShardTables] = {}
 
     def _tables(self, device, dtype) -> dict[str, torch.Tensor]:
         key = (device, dtype)
-        if key not in self._cache:  # built once per device, not per call
-            out = {}
-            for name, buf in self.named_buffers():
-                out[name] = buf.to(device, dtype if buf.is_floating_point() else buf.dtype)
-            self._cache[key] = _DeviceTables(out)
-        return self._cache[key].tensors
+        if key not in self._tables_by_device:  # moved once per device, not per call
+            self._tables_by_device[key] = {
+                name: buf.to(device, dtype if buf.is_floating_point() else buf.dtype)
+                for name, buf in self.named_buffers()}
+        return self._tables_by_device[key]
 
     def _shard(self, tab, device, dtype, rank: int, v_local: int) -> ShardTables:
         key = (device, dtype, rank, v_local)
