@@ -1,0 +1,11 @@
+"""Hierarchical losses for codon language models (HELM), vocab-parallel.
+
+Public API: LossConfig, build_loss, HierarchicalLoss, LossOutput, metric_means,
+reduce_metric_sums, VocabParallelHXE, OBJECTIVES.
+"""
+from helm_scale.losses.hxe import VocabParallelHXE
+from helm_scale.losses.metrics import LossOutput, metric_means, reduce_metric_sums
+from helm_scale.losses.objectives import OBJECTIVES, HierarchicalLoss, LossConfig, build_loss
+
+__all__ = ["OBJECTIVES", "HierarchicalLoss", "LossConfig", "LossOutput", "VocabParallelHXE",
+           "build_loss", "metric_means", "reduce_metric_sums"]

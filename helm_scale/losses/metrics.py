@@ -1,0 +1,46 @@
+"""Loss output and its diagnostics, kept as sums so data-parallel ranks can add them.
+
+Every entry of ``LossOutput.sums`` is a sum over this batch's target tokens (weighted by
+the loss mask), already identical on every tensor-parallel rank. To average over
+data-parallel ranks: ``metric_means(reduce_metric_sums(out.sums, dp_group))``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+# mean name -> (numerator sum, denominator sum)
+_RATIOS = {
+    "loss": ("loss", "tokens"),
+    "codon_accuracy": ("codon_correct", "tokens"),
+    "synonymous_accuracy": ("synonymous_correct", "tokens"),
+    "start_stop_accuracy": ("start_stop_correct", "start_stop_tokens"),
+}
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar, mean over target tokens, differentiable
+    metrics: dict[str, torch.Tensor]  # detached means (see metric_means)
+    sums: dict[str, torch.Tensor]  # detached sums + counts, reducible over data parallel
+
+
+def metric_means(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Means from sums; a ratio with no tokens is 0, and the counts are passed through."""
+    out = {name: sums[num] / sums[den].clamp_min(1e-12) for name, (num, den) in _RATIOS.items()}
+    for key, value in sums.items():
+        if key.startswith("level"):
+            out[key] = value / sums["tokens"].clamp_min(1e-12)
+    out["tokens"] = sums["tokens"]
+    out["start_stop_tokens"] = sums["start_stop_tokens"]
+    return out
+
+
+def reduce_metric_sums(sums: dict[str, torch.Tensor], group=None) -> dict[str, torch.Tensor]:
+    """All-reduce(SUM) every sum in one packed call over ``group`` (e.g. data parallel)."""
+    keys = sorted(sums)
+    packed = torch.stack([sums[k].double() for k in keys])
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+    return {k: packed[i] for i, k in enumerate(keys)}
