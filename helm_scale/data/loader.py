@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -110,15 +111,18 @@ class _StepKeys(Sampler):
     """Keys of the steps left in the loader's current epoch, fixed when iteration starts."""
 
     def __init__(self, loader: "ResumableLoader"):
-        self.loader = loader
+        # A weak reference: a cycle loader -> DataLoader -> sampler -> loader leaves the
+        # workers to the cyclic GC, whose finalisation order makes their shutdown wait
+        # out torch's 5 s join timeout.
+        self._loader = weakref.ref(loader)
 
     def __iter__(self):
-        lo = self.loader
+        lo = self._loader()
         stop = lo._rows_consumed + lo.steps_remaining * lo.global_batch_rows
         return iter([(lo.epoch, r) for r in range(lo._rows_consumed, stop, lo.global_batch_rows)])
 
     def __len__(self) -> int:
-        return self.loader.steps_remaining
+        return self._loader().steps_remaining
 
 
 class ResumableLoader:
