@@ -57,6 +57,10 @@ class LoaderConfig:
     prefetch_factor: int = 4            # batches in flight per worker
     pin_memory: bool | str = "auto"     # "auto": when CUDA is available
     max_open_shards: int | None = None  # None: enough for one window plus its neighbours
+    # How workers start: None keeps the process's default (fork on Linux, but spawn inside
+    # processes that torch.multiprocessing.spawn made, where each worker re-imports torch:
+    # seconds). "fork" is cheap; "forkserver" is the safe choice if fork troubles you.
+    worker_start_method: str | None = None
     vocabulary: Vocabulary = field(default_factory=Vocabulary.default)
 
     def __post_init__(self):
@@ -144,7 +148,8 @@ class ResumableLoader:
         self._dataloader = DataLoader(dataset, batch_size=None, sampler=_StepKeys(self),
                                       num_workers=workers, pin_memory=pin,
                                       prefetch_factor=cfg.prefetch_factor if workers else None,
-                                      persistent_workers=workers > 0)
+                                      persistent_workers=workers > 0,
+                                      multiprocessing_context=cfg.worker_start_method if workers else None)
         if self.steps_in_epoch(0) == 0:
             raise ValueError(f"split {cfg.split!r} has {dataset.plan(0).num_rows} rows, fewer than "
                              f"one global batch of {self.global_batch_rows}")
