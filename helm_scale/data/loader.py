@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from helm_scale.codon import Vocabulary
 from helm_scale.shard_format import read_manifest
 
-from .batches import Collator, MaskingSpec, with_specials
+from .batches import Collator, MaskingSpec, unpack_batch, with_specials
 from .order import EpochOrder, RowPlan
 from .reader import SplitReader, check_manifest
 
@@ -100,7 +100,7 @@ class _MicroBatches(Dataset):
                                           self.cfg.seq_len, self.codon_lengths)}
         return self._plans[epoch]
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
         epoch, first_row = key
         mb = self.cfg.micro_batch_size
         start = first_row + self.dp_rank * mb
@@ -176,9 +176,9 @@ class ResumableLoader:
         if self._rows_consumed and self.steps_remaining == 0:  # resumed exactly at an epoch's end
             self.epoch, self._rows_consumed = self.epoch + 1, 0
         epoch = self.epoch
-        for batch in self._dataloader:
+        for stacked in self._dataloader:
             self._rows_consumed += self.global_batch_rows
-            yield batch
+            yield unpack_batch(stacked)
         if self.epoch == epoch:
             self.epoch, self._rows_consumed = epoch + 1, 0
 
