@@ -1,0 +1,174 @@
+"""Rows of samples -> the tensors a model step takes, for causal and masked LM.
+
+Every batch is a dict of ``[micro_batch, seq_len]`` tensors:
+
+    input_ids     int64  tokens (<cls> codons <eos> per sequence, then <pad>)
+    labels        int64  the target of the prediction made AT each position, -100 where
+                         there is none. CLM: already shifted (labels[t] = input_ids[t+1]
+                         within one sequence): do not shift again. MLM: the original
+                         token at masked positions.
+    loss_mask     bool   labels != -100; never true on padding or across sequences
+    position_ids  int64  0, 1, 2, ... restarting at every sequence; 0 on padding
+    segment_ids   int64  1, 2, ... per sequence within a row, 0 on padding: attention
+                         may only join tokens with the same non-zero segment id
+                         (see :func:`block_attention_mask`)
+    sample_ids    int64  the global sample index (key in the split) of each token, -1 on
+                         padding: for tracing data and checking coverage
+
+A sequence longer than ``seq_len`` is cut to ``<cls>`` + its first ``seq_len - 1``
+codons with no ``<eos>``, so the model is never told a cut sequence has ended.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from helm_scale.codon import Vocabulary
+
+IGNORE_INDEX = -100
+BATCH_KEYS = ("input_ids", "labels", "loss_mask", "position_ids", "segment_ids", "sample_ids")
+_MASK_SELECT, _MASK_REPLACE, _MASK_RANDOM_TOKEN = 11, 12, 13
+_STACKED = ("input_ids", "labels", "position_ids", "segment_ids", "sample_ids")
+
+
+def unpack_batch(stacked: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The batch dict as views of the stacked tensor (pinned if it is), plus loss_mask."""
+    batch = dict(zip(_STACKED, stacked.unbind(0)))
+    loss_mask = batch["labels"] != IGNORE_INDEX
+    # Made here, after the DataLoader pinned the block: pin it too, or its host-to-device
+    # copy would be the one synchronous transfer of the step.
+    batch["loss_mask"] = loss_mask.pin_memory() if stacked.is_pinned() else loss_mask
+    return {k: batch[k] for k in BATCH_KEYS}
+
+
+@dataclass(frozen=True)
+class MaskingSpec:
+    """HELM masks 15% of non-special tokens, all to <mask>: ratios (1, 0, 0). BERT's
+    80/10/10 (mask, random codon, unchanged) is ``(0.8, 0.1, 0.1)``."""
+
+    prob: float = 0.15
+    replace_ratios: tuple[float, float, float] = (1.0, 0.0, 0.0)
+
+    def __post_init__(self):
+        if not 0.0 < self.prob < 1.0:
+            raise ValueError("mask probability must be in (0, 1)")
+        if len(self.replace_ratios) != 3 or min(self.replace_ratios) < 0 \
+                or abs(sum(self.replace_ratios) - 1.0) > 1e-6:
+            raise ValueError("mask replace ratios (mask, random, keep) must be >= 0 and sum to 1")
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def token_uniforms(seed: int, epoch: int, stream: int, sample_ids: np.ndarray,
+                   positions: np.ndarray) -> np.ndarray:
+    """Uniform [0, 1) numbers keyed by (seed, epoch, stream, sample, position in sample).
+
+    Hand-written counter-based hashing rather than a seeded generator per sample: one
+    vectorised pass per batch, and each token's draw depends only on its own key, so the
+    masks are identical whatever the ranks, workers, packing or resume point.
+    """
+    with np.errstate(over="ignore"):
+        head = np.array(0x9E3779B97F4A7C15, dtype=np.uint64)
+        for part in (seed, epoch, stream):  # chained, so (1, 0) and (0, 1) differ
+            head = _mix(head + np.uint64(part))
+        key = _mix(_mix(head + sample_ids.astype(np.uint64)) + positions.astype(np.uint64))
+    return (key >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def with_specials(codons: np.ndarray, seq_len: int, vocab: Vocabulary) -> np.ndarray:
+    """``<cls> codons <eos>`` as int64, cut to ``seq_len`` (a cut one has no <eos>)."""
+    n = len(codons)
+    if n + 2 <= seq_len:
+        out = np.empty(n + 2, dtype=np.int64)
+        out[1:-1], out[-1] = codons, vocab.eos_id
+    else:
+        out = np.empty(seq_len, dtype=np.int64)
+        out[1:] = codons[:seq_len - 1]
+    out[0] = vocab.cls_id
+    return out
+
+
+class Collator:
+    """Builds one micro-batch from rows of (sample index, token array with specials)."""
+
+    def __init__(self, vocab: Vocabulary, seq_len: int, objective: str, seed: int,
+                 masking: MaskingSpec = MaskingSpec()):
+        if objective not in ("clm", "mlm"):
+            raise ValueError(f"objective must be 'clm' or 'mlm', not {objective!r}")
+        self.vocab, self.seq_len, self.objective, self.seed = vocab, seq_len, objective, seed
+        self.masking = masking
+        self._is_special = np.zeros(len(vocab), dtype=bool)
+        self._is_special[list(vocab.special_ids)] = True
+
+    def __call__(self, rows: list[list[tuple[int, np.ndarray]]], epoch: int) -> torch.Tensor:
+        """The batch as one ``[5, B, L]`` int64 tensor; :func:`unpack_batch` makes the dict."""
+        # One vectorised scatter for the whole batch: per-row numpy calls cost more than
+        # the reading at HELM's ~130-token sequences.
+        b, length = len(rows), self.seq_len
+        lens = np.array([len(t) for row in rows for _, t in row], dtype=np.int64)
+        row_of = np.repeat(np.arange(b), [len(row) for row in rows])
+        row_fill = np.bincount(row_of, weights=lens, minlength=b)
+        if row_fill.max(initial=0) > length:
+            raise ValueError(f"a row of {int(row_fill.max())} tokens exceeds seq_len {length}")
+        seg_ends = np.cumsum(lens)
+        seg_starts = seg_ends - lens
+        row_first_seg = np.searchsorted(row_of, np.arange(b))  # rows are grouped in order
+        offset_in_row = seg_starts - seg_starts[row_first_seg][row_of]
+        within = np.arange(int(seg_ends[-1]) if len(lens) else 0) - np.repeat(seg_starts, lens)
+        flat = np.repeat(row_of * length + offset_in_row, lens) + within
+        tokens = np.concatenate([t for row in rows for _, t in row]) if len(lens) else np.zeros(0, np.int64)
+        seg_number = np.arange(len(lens)) - row_first_seg[row_of] + 1
+
+        # One buffer for all int64 fields: a worker hands the main process one shared-memory
+        # block per batch instead of five (measured: the per-tensor transfer dominated).
+        stacked = np.empty((len(_STACKED), b, length), dtype=np.int64)
+        ids, labels, positions, segments, samples = stacked
+        ids.fill(self.vocab.pad_id)
+        labels.fill(IGNORE_INDEX)
+        positions.fill(0)
+        segments.fill(0)
+        samples.fill(-1)
+        ids.flat[flat] = tokens
+        positions.flat[flat] = within
+        segments.flat[flat] = np.repeat(seg_number, lens)
+        samples.flat[flat] = np.repeat([i for row in rows for i, _ in row], lens)
+        if self.objective == "clm":
+            labels.flat[flat[:-1]] = tokens[1:]
+            labels.flat[flat[seg_ends - 1]] = IGNORE_INDEX  # last token: next is another sequence
+        else:
+            ids[...], labels[...] = self._mask(ids, samples, positions, epoch)
+        return torch.from_numpy(stacked)
+
+    def _mask(self, ids, samples, positions, epoch):
+        select = token_uniforms(self.seed, epoch, _MASK_SELECT, samples, positions) < self.masking.prob
+        select &= ~self._is_special[ids]
+        labels = np.where(select, ids, IGNORE_INDEX)
+        p_mask, p_random, _ = self.masking.replace_ratios
+        how = token_uniforms(self.seed, epoch, _MASK_REPLACE, samples, positions)
+        masked = ids.copy()
+        masked[select & (how < p_mask)] = self.vocab.mask_id
+        randomise = select & (how >= p_mask) & (how < p_mask + p_random)
+        if randomise.any():
+            pick = token_uniforms(self.seed, epoch, _MASK_RANDOM_TOKEN, samples, positions)
+            codon = np.minimum((pick * 64).astype(np.int64), 63)
+            masked[randomise] = self.vocab.codon_lookup[codon[randomise]]
+        return masked, labels
+
+
+def block_attention_mask(segment_ids: torch.Tensor, causal: bool) -> torch.Tensor:
+    """``[B, 1, L, L]`` bool, True where query i may attend to key j: same non-zero
+    segment (and j <= i if causal). Padding queries attend nowhere; a kernel that needs
+    one key per row can allow the diagonal. Memory is O(L^2) per row: fine for HELM's
+    444 tokens; longer rows want a varlen kernel fed from segment_ids instead."""
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, :, None] > 0)
+    if causal:
+        length = segment_ids.shape[1]
+        same &= torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    return same[:, None]
