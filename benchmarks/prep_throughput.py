@@ -1,0 +1,148 @@
+"""Throughput of `helm-scale prep` against a naive per-codon Python tokenizer.
+
+Input: the shared real corpus (../shared/data/corpus, the clean in-frame sets),
+decompressed once to a plain FASTA so that MB/s counts FASTA bytes, not gzip speed.
+Each variant runs in a fresh subprocess (so its peak RSS is its own), one after the
+other in the same run:
+
+  naive          per-line FASTA parse, per-codon dict look-up (no shards written)
+  tokenize       prep's reader + vectorised record policy, one core (no shards written)
+  prep-1         the whole `prep` (dedup, splits, shards, manifest) with 1 worker
+  prep-2         the same with 2 workers (per-core figure divides by the cores used)
+
+Usage: python benchmarks/prep_throughput.py [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "data" / "corpus"
+FILES = ("natural_cds.fasta.gz", "antibody_heavy_chains.fasta.gz")
+sys.path.insert(0, str(ROOT))
+
+
+def naive(fasta: Path) -> int:
+    from helm_scale.codon import Vocabulary
+    index = Vocabulary.default().index
+    n_tokens, seq = 0, []
+
+    def tokenize(parts):
+        s = "".join(parts).upper().replace("U", "T")
+        return [index.get(s[i:i + 3], 3) for i in range(0, len(s) - len(s) % 3, 3)]
+
+    with open(fasta) as f:
+        for line in f:
+            if line.startswith(">"):
+                if seq:
+                    n_tokens += len(tokenize(seq))
+                seq = []
+            else:
+                seq.append(line.strip())
+    return n_tokens + (len(tokenize(seq)) if seq else 0)
+
+
+def tokenize_only(fasta: Path) -> int:
+    from data_prep.policy import RecordPolicy, process_batch
+    from data_prep.readers import InputSpec, read_records
+    from helm_scale.codon import Vocabulary
+    vocab, policy, n_tokens, batch = Vocabulary.default(), RecordPolicy(frame="trim"), 0, []
+    for record in read_records(fasta, InputSpec()):
+        batch.append(record.sequence)
+        if len(batch) == 4096:
+            n_tokens += sum(len(o.tokens) for o in process_batch(batch, [None] * len(batch), policy, vocab))
+            batch = []
+    n_tokens += sum(len(o.tokens) for o in process_batch(batch, [None] * len(batch), policy, vocab))
+    return n_tokens
+
+
+def full_prep(fasta: Path, workers: int) -> int:
+    from data_prep.policy import RecordPolicy
+    from data_prep.prep import PrepConfig, run_prep
+    out = Path(tempfile.mkdtemp(prefix="prep-bench-"))
+    try:
+        m = run_prep(PrepConfig(inputs=[str(fasta)], output=str(out / "ds"), workers=workers,
+                                policy=RecordPolicy(frame="trim"), progress=False))
+        return sum(s["tokens"] for s in m["splits"].values())
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+VARIANTS = {"naive": (naive, 1), "tokenize": (tokenize_only, 1),
+            "prep-1": (lambda f: full_prep(f, 1), 1), "prep-2": (lambda f: full_prep(f, 2), 2)}
+
+
+def run_variant(name: str, fasta: Path) -> dict:
+    """Runs in its own process: time, tokens, peak RSS of this process and its children."""
+    import webdataset  # noqa: F401  (torch import cost is start-up, not throughput)
+    fn, workers = VARIANTS[name]
+    start = time.perf_counter()
+    tokens = fn(fasta)
+    seconds = time.perf_counter() - start
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    return {"variant": name, "seconds": seconds, "tokens": tokens, "workers": workers,
+            "peak_rss_mib": peak}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per variant; the best is kept")
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--fasta", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prep_throughput_cpu.json"))
+    args = ap.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, Path(args.fasta))))
+        return 0
+    if not all((CORPUS / f).is_file() for f in FILES):
+        print(f"skipped: the shared corpus is not at {CORPUS}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        fasta = Path(tmp) / "corpus.fa"
+        with open(fasta, "wb") as out:
+            for f in FILES:
+                out.write(gzip.open(CORPUS / f).read())
+        mb = fasta.stat().st_size / 1e6
+        results = {}
+        for _ in range(args.repeat):  # interleaved, so machine load hits all variants alike
+            for name in VARIANTS:
+                row = json.loads(subprocess.run(
+                    [sys.executable, __file__, "--variant", name, "--fasta", str(fasta)],
+                    check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+                if name not in results or row["seconds"] < results[name]["seconds"]:
+                    results[name] = row
+    cores = min(os.cpu_count() or 1, 2)
+    base = mb / results["naive"]["seconds"]
+    print(f"{mb:.1f} MB of FASTA ({', '.join(FILES)}), best of {args.repeat}, {os.cpu_count()} cores")
+    print(f"{'variant':<10} {'seconds':>8} {'MB/s':>8} {'MB/s/core':>10} {'x naive/core':>13} {'peak MiB':>9}")
+    for name, r in results.items():
+        used = min(r["workers"], cores)
+        r["mb_per_s"] = mb / r["seconds"]
+        r["mb_per_s_per_core"] = r["mb_per_s"] / used
+        r["speedup_per_core_vs_naive"] = r["mb_per_s_per_core"] / base
+        print(f"{name:<10} {r['seconds']:>8.2f} {r['mb_per_s']:>8.1f} {r['mb_per_s_per_core']:>10.1f} "
+              f"{r['speedup_per_core_vs_naive']:>13.1f} {r['peak_rss_mib']:>9.0f}")
+    payload = {"benchmark": "prep_throughput", "fasta_mb": mb, "files": FILES, "repeat": args.repeat,
+               "device": f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+               "python": platform.python_version(), "results": results,
+               "target": ">= 20x naive per core"}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
