@@ -72,8 +72,10 @@ def full_prep(fasta: Path, workers: int) -> int:
     from data_prep.prep import PrepConfig, run_prep
     out = Path(tempfile.mkdtemp(prefix="prep-bench-"))
     try:
+        # 2 MB shards: several per split, as a real corpus has, so shard writing can run
+        # on all workers (with one big shard it is one worker's job at the end)
         m = run_prep(PrepConfig(inputs=[str(fasta)], output=str(out / "ds"), workers=workers,
-                                policy=RecordPolicy(frame="trim"), progress=False))
+                                policy=RecordPolicy(frame="trim"), progress=False, shard_bytes=2 << 20))
         return sum(s["tokens"] for s in m["splits"].values())
     finally:
         shutil.rmtree(out, ignore_errors=True)

@@ -90,7 +90,8 @@ class _Pool:
         import webdataset  # noqa: F401  (imports torch: once here, not in every worker)
         self.executor = (ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
                          if workers > 1 else None)
-        self.limit = 2 * max(workers, 1)
+        self.workers = max(workers, 1)
+        self.limit = 2 * self.workers  # record batches in flight: keeps every worker fed
 
     def submit(self, fn, *args):
         return self.executor.submit(fn, *args) if self.executor else _Done(fn(*args))
@@ -132,7 +133,9 @@ class _SplitWriter:
         self.in_flight.append((self.pool.submit(shards.write_shard, self.cfg.output, path, first,
                                                 self.pending, self.cfg.zstd_level), self.pending))
         self.pending, self.pending_bytes = [], 0
-        while len(self.in_flight) > self.pool.limit:
+        # A shard is large and slow to write: queueing more than one per worker would
+        # only hold more of them in memory.
+        while len(self.in_flight) > self.pool.workers:
             self._collect_one()
 
     def _collect_one(self) -> None:
