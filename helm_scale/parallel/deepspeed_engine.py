@@ -1,0 +1,113 @@
+"""DeepSpeed backend: ZeRO stage 0-3 (optional optimizer offload), with megatron TP.
+
+DeepSpeed gets megatron-core's parallel state as its ``mpu`` (as Megatron-DeepSpeed does),
+so ZeRO partitions over the data-parallel group only and its gradient norm counts
+TP-replicated parameters once. Clipping, accumulation and bf16 are DeepSpeed's own.
+On CPU no compiler is needed: a torch AdamW is passed in and the shared-memory comm op
+is switched off; only offload_optimizer JIT-builds DeepSpeedCPUAdam (1-1.5 min, once).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from torch import nn
+
+from helm_scale.parallel.config import OptimizerConfig, ParallelConfig
+from helm_scale.parallel.engine import Engine, StepResult
+from helm_scale.parallel.optim import build_adamw, build_param_groups
+from helm_scale.parallel.state import ParallelState
+from helm_scale.parallel.weights import gather_tp_state
+
+# torch >= 2.13 warns at every collective DeepSpeed's ZeRO issues (deprecated call forms).
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"(deepspeed|torch\.distributed)")
+
+
+class MegatronMpu:
+    """megatron.core.parallel_state plus the legacy names DeepSpeed still calls; without
+    pipeline parallelism the model-parallel group is the TP group."""
+
+    def __getattr__(self, name):
+        return getattr(parallel_state, name)
+
+    def get_model_parallel_rank(self) -> int:
+        return parallel_state.get_tensor_model_parallel_rank()
+
+    def get_model_parallel_world_size(self) -> int:
+        return parallel_state.get_tensor_model_parallel_world_size()
+
+    def get_data_parallel_group_ranks(self) -> list[int]:
+        return dist.get_process_group_ranks(parallel_state.get_data_parallel_group())
+
+
+def _import_deepspeed(device: torch.device):
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    if device.type == "cpu":
+        # Otherwise init_distributed JIT-compiles a shared-memory op (30-70 s, needs a compiler).
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
+
+
+def deepspeed_config(cfg: ParallelConfig) -> dict:
+    zero = {"stage": cfg.zero_stage}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        # Batches come from our loader, never DeepSpeed's: this only feeds its throughput logs.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": cfg.accumulation_steps,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2 ** 31,
+    }
+
+
+class DeepSpeedEngine(Engine):
+    def __init__(self, model: nn.Module, optim_cfg: OptimizerConfig, cfg: ParallelConfig,
+                 state: ParallelState):
+        super().__init__(cfg, state)
+        deepspeed = _import_deepspeed(state.device)
+        deepspeed.init_distributed(dist_backend=dist.get_backend())
+        model = model.to(state.device)
+        groups = build_param_groups(model, optim_cfg)
+        if cfg.offload_optimizer:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+            optimizer = DeepSpeedCPUAdam(groups, lr=optim_cfg.lr, betas=optim_cfg.betas,
+                                         eps=optim_cfg.eps, adamw_mode=True)
+        else:
+            optimizer = build_adamw(groups, optim_cfg)
+        self.ds_engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(cfg), mpu=MegatronMpu())
+        self.module, self.optimizer = self.ds_engine.module, optimizer
+
+    def __call__(self, *args, **kwargs):
+        return self.ds_engine(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds_engine.backward(loss)  # scales by 1 / accumulation_steps itself
+        self.micro_steps += 1
+
+    def step(self) -> StepResult:
+        boundary = self.ds_engine.is_gradient_accumulation_boundary()
+        self.ds_engine.step()  # steps and zeroes gradients only at the boundary
+        if not boundary:
+            return StepResult(False, None)
+        norm = self.ds_engine.get_global_grad_norm()
+        return StepResult(True, None if norm is None else float(norm))
+
+    def zero_grad(self) -> None:
+        self.ds_engine.zero_grad()
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+            with deepspeed.zero.GatheredParameters(list(self.module.parameters())):
+                return gather_tp_state(self.module, self.state.tp_group)
+        return gather_tp_state(self.module, self.state.tp_group)
