@@ -11,6 +11,7 @@ COMMANDS = {
     "synth": "data_prep.synth",
     "prep": "data_prep.prep",
     "verify": "data_prep.verify",
+    "train": "helm_scale.trainer",
 }
 
 

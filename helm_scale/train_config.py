@@ -1,0 +1,110 @@
+"""The training job's configuration: typed sections, loaded from YAML (``configs/``) with
+dotted overrides, and validated as a whole before any process group starts.
+
+    cfg = load_train_config("configs/tiny.yaml", ["data.dataset_dir=demo/shards"])
+    cfg.check(world_size=2)      # raises ConfigError naming what to change
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from helm_scale.codon import Vocabulary
+from helm_scale.config_io import ConfigError, load_config
+from helm_scale.losses import LossConfig
+from helm_scale.model import ModelConfig
+from helm_scale.parallel import OptimizerConfig, ParallelConfig
+from helm_scale.shard_format import MANIFEST
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset_dir: str = ""
+    objective: str = "clm"            # "clm" | "mlm"
+    seq_len: int = 444
+    micro_batch_size: int = 8
+    pack: bool = False
+    shuffle_window: int = 1 << 16
+    mask_prob: float = 0.15
+    mask_replace_ratios: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    num_workers: int = 1
+    eval_split: str = "val"
+
+    def __post_init__(self):
+        if self.objective not in ("clm", "mlm"):
+            raise ValueError(f"objective must be 'clm' or 'mlm', got {self.objective!r}")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Linear warm-up to optim.lr, then cosine decay to min_lr at max_steps (per optimizer step)."""
+
+    max_steps: int = 1000
+    warmup_steps: int = 100
+    min_lr: float = 1e-5
+
+    def __post_init__(self):
+        if self.max_steps < 1 or not 0 <= self.warmup_steps <= self.max_steps or self.min_lr < 0:
+            raise ValueError("need max_steps >= 1, 0 <= warmup_steps <= max_steps, min_lr >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_dir: str = "runs/default"
+    log_interval: int = 10            # optimizer steps between console / TensorBoard lines
+    eval_interval: int = 100          # 0: evaluate only at the end
+    eval_batches: int = 20            # micro-batches per rank per evaluation
+    tensorboard: bool = True
+    peak_tflops_per_device: float | None = None  # for MFU; None: known GPUs only
+
+    def __post_init__(self):
+        if self.log_interval < 1 or self.eval_interval < 0 or self.eval_batches < 1:
+            raise ValueError("need log_interval >= 1, eval_interval >= 0, eval_batches >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def check(self, world_size: int) -> int:
+        """Validate the whole job for ``world_size`` processes; returns the DP size."""
+        vocab = Vocabulary.default()
+        tp = self.parallel.tensor_parallel
+        if self.model.vocab_size != len(vocab):
+            raise ConfigError(f"model.vocab_size is {self.model.vocab_size} but the codon vocabulary "
+                              f"has {len(vocab)} tokens")
+        try:
+            self.model.validate_for_tp(tp)
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from None
+        if world_size % tp:
+            raise ConfigError(f"world size {world_size} is not a multiple of parallel.tensor_parallel "
+                              f"{tp} (world size = TP x DP)")
+        wanted = "causal" if self.data.objective == "clm" else "bidirectional"
+        if self.model.attention != wanted:
+            raise ConfigError(f"data.objective {self.data.objective} needs model.attention={wanted}")
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ConfigError(f"data.seq_len {self.data.seq_len} exceeds model.max_seq_len "
+                              f"{self.model.max_seq_len}")
+        if not self.data.dataset_dir:
+            raise ConfigError("data.dataset_dir is not set (a directory written by helm-scale prep)")
+        if not (Path(self.data.dataset_dir) / MANIFEST).is_file():
+            raise ConfigError(f"data.dataset_dir {self.data.dataset_dir} has no {MANIFEST}: "
+                              "run helm-scale prep first")
+        if self.parallel.sequence_parallel and self.data.seq_len % tp:
+            raise ConfigError(f"sequence_parallel needs data.seq_len divisible by TP {tp}")
+        return world_size // tp
+
+    def global_batch_size(self, dp_size: int) -> int:
+        """Rows per optimizer step: micro batch x accumulation x data-parallel size."""
+        return self.data.micro_batch_size * self.parallel.accumulation_steps * dp_size
+
+
+def load_train_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides)

@@ -1,0 +1,225 @@
+"""Train a HELM-style codon language model from prepared shards.
+
+Run one process per device, e.g. on one machine with two processes:
+
+    torchrun --nproc-per-node 2 -m helm_scale.cli train configs/tiny.yaml data.dataset_dir=demo/shards
+
+Settings come from the YAML file and dotted overrides (``section.key=value``); the whole
+job is validated before any process group starts, and the resolved configuration is
+written to the run directory. The trainer composes the pieces and owns nothing of them:
+the model (helm_scale.model) is plain, parallelism is applied from outside
+(helm_scale.parallel), batches come from helm_scale.data and the loss from
+helm_scale.losses, fed the model's vocab-parallel logits directly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from helm_scale.config_io import ConfigError, save_config
+from helm_scale.train_config import TrainConfig, load_train_config
+
+
+def lr_at(step: int, peak: float, cfg) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): warm-up, then cosine to min_lr."""
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    span = max(cfg.max_steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def model_inputs(batch: dict, cfg: TrainConfig) -> dict:
+    """Only what the attention needs: packed rows need segments; padded CLM rows need
+    nothing (causal attention never reaches the right padding, and SDPA keeps its flash
+    kernels); padded MLM rows hide their padding."""
+    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    if cfg.data.pack:
+        inputs["segment_ids"] = batch["segment_ids"]
+    elif cfg.data.objective == "mlm":
+        inputs["padding_mask"] = batch["segment_ids"] == 0
+    return inputs
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _add(total: dict, sums: dict) -> None:
+    for k, v in sums.items():
+        total[k] = total.get(k, 0.0) + v.double()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        from helm_scale.codon import Vocabulary
+        from helm_scale.data import LoaderConfig, build_loader
+        from helm_scale.losses import LossConfig, build_loss
+        from helm_scale.model import HelmTransformer
+        from helm_scale.observe import RunLogger, device_peak_tflops
+        from helm_scale.parallel import build_engine, init_parallel
+
+        self.cfg = cfg
+        self.state = init_parallel(cfg.parallel)
+        self.vocab = Vocabulary.default()
+        model = HelmTransformer(cfg.model, sequence_parallel=cfg.parallel.sequence_parallel)
+        self.engine = build_engine(model, cfg.optim, cfg.parallel, self.state)
+        self.loss_fn = build_loss(cfg.loss, self.vocab, cfg.model.padded_vocab_size)
+        # True codon cross-entropy for perplexity, whatever the training objective.
+        self.xe_fn = build_loss(LossConfig(name="xe"), self.vocab, cfg.model.padded_vocab_size)
+        d = cfg.data
+        self.loader_cfg = LoaderConfig(
+            dataset_dir=d.dataset_dir, split="train", objective=d.objective, seq_len=d.seq_len,
+            micro_batch_size=d.micro_batch_size, seed=cfg.parallel.seed, shuffle_window=d.shuffle_window,
+            pack=d.pack, mask_prob=d.mask_prob, mask_replace_ratios=tuple(d.mask_replace_ratios),
+            num_workers=d.num_workers)
+        self.loader = build_loader(self.loader_cfg, self.state.dp_rank, self.state.dp_size)
+        self.run_dir = Path(cfg.run.run_dir)
+        if self.state.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.log = RunLogger(str(self.run_dir), self.state.is_main, cfg.run.tensorboard,
+                             cfg.model.flops_per_token(d.seq_len), self.state.world_size,
+                             device_peak_tflops(cfg.run.peak_tflops_per_device))
+        self.step, self.input_tokens = 0, 0
+        self._batches = None
+
+    def _next_batch(self) -> dict:
+        """The loader yields the rest of an epoch per iteration; the next starts a new epoch."""
+        for _ in range(2):
+            if self._batches is None:
+                self._batches = iter(self.loader)
+            try:
+                return _to(next(self._batches), self.state.device)
+            except StopIteration:
+                self._batches = None
+        raise RuntimeError("the training split yields no batch: it is smaller than one global batch")
+
+    def _reduce(self, sums: dict) -> dict:
+        from helm_scale.losses.metrics import reduce_metric_sums
+        return reduce_metric_sums({k: torch.as_tensor(v, dtype=torch.float64, device=self.state.device)
+                                   for k, v in sums.items()}, self.state.dp_group)
+
+    def train_step(self) -> tuple[dict, float | None]:
+        cfg, sums = self.cfg, {}
+        self.engine.set_lr(lr_at(self.step, cfg.optim.lr, cfg.schedule))
+        self.engine.train()
+        for _ in range(cfg.parallel.accumulation_steps):
+            batch = self._next_batch()
+            logits = self.engine(**model_inputs(batch, cfg))
+            out = self.loss_fn(logits, batch["labels"], batch["loss_mask"], group=self.state.loss_group)
+            self.engine.backward(out.loss)
+            _add(sums, out.sums)
+            sums["input_tokens"] = sums.get("input_tokens", 0.0) + float((batch["input_ids"] != self.vocab.pad_id).sum())
+        stepped, grad_norm = self.engine.step()
+        assert stepped, "the engine must step once per accumulation window"
+        self.step += 1
+        return sums, grad_norm
+
+    @torch.no_grad()
+    def evaluate(self) -> dict | None:
+        """Loss, perplexity (true codon cross-entropy), per-level HXE terms and accuracies on
+        the first eval_batches micro-batches per rank of the eval split, in manifest order."""
+        from dataclasses import replace
+
+        from helm_scale.data import build_loader
+        from helm_scale.losses.metrics import metric_means
+        try:
+            loader = build_loader(replace(self.loader_cfg, split=self.cfg.data.eval_split, shuffle=False,
+                                          num_workers=0), self.state.dp_rank, self.state.dp_size)
+        except ValueError as e:  # e.g. a split smaller than one global batch
+            self.log.line(f"eval skipped: {e}")
+            return None
+        self.engine.eval()
+        sums, xe = {}, {}
+        for i, batch in enumerate(loader):
+            if i == self.cfg.run.eval_batches:
+                break
+            batch = _to(batch, self.state.device)
+            logits = self.engine(**model_inputs(batch, self.cfg))
+            _add(xe, self.xe_fn(logits.float(), batch["labels"], batch["loss_mask"], group=self.state.loss_group).sums)
+            _add(sums, self.loss_fn(logits, batch["labels"], batch["loss_mask"], group=self.state.loss_group).sums)
+        self.engine.train()
+        if not sums:
+            return None
+        metrics = {k: float(v) for k, v in metric_means(self._reduce(sums)).items()}
+        xe_means = metric_means(self._reduce(xe))
+        metrics["cross_entropy"] = float(xe_means["loss"])
+        metrics["perplexity"] = math.exp(min(metrics["cross_entropy"], 50.0))
+        return metrics
+
+    def fit(self) -> dict:
+        cfg, started = self.cfg, time.perf_counter()
+        dp, gb = self.state.dp_size, cfg.global_batch_size(self.state.dp_size)
+        self.log.line(f"training {cfg.model.num_parameters():,} parameters | world {self.state.world_size} = "
+                      f"TP {self.state.tp_size} x DP {dp} | {cfg.parallel.backend} zero {cfg.parallel.zero_stage} | "
+                      f"global batch {gb} rows | {self.loader.steps_per_epoch:,} micro-steps per epoch")
+        window, last_train, last_eval = {}, {}, None
+        while self.step < cfg.schedule.max_steps:
+            sums, grad_norm = self.train_step()
+            _add(window, {k: torch.as_tensor(v) for k, v in sums.items()})
+            if self.step % cfg.run.log_interval == 0 or self.step == cfg.schedule.max_steps:
+                from helm_scale.losses.metrics import metric_means
+                reduced = self._reduce(window)
+                self.input_tokens += int(reduced["input_tokens"])
+                last_train = {k: float(v) for k, v in metric_means(reduced).items()}
+                last_train.update(self.log.throughput(self.input_tokens), lr=lr_at(self.step - 1, cfg.optim.lr, cfg.schedule),
+                                  grad_norm=float("nan") if grad_norm is None else float(grad_norm))
+                self.log.train_line(self.step, cfg.schedule.max_steps, last_train)
+                self.log.scalars("train", last_train, self.step)
+                window = {}
+            if (cfg.run.eval_interval and self.step % cfg.run.eval_interval == 0) or self.step == cfg.schedule.max_steps:
+                last_eval = self.evaluate()
+                if last_eval:
+                    self.log.eval_line(self.step, last_eval)
+                    self.log.scalars("eval", last_eval, self.step)
+        summary = {"steps": self.step, "seconds": time.perf_counter() - started, "train": last_train,
+                   "eval": last_eval, "tensorboard": str(self.log.tb_dir)}
+        if self.state.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+            self.log.line(f"done: {self.step} steps in {summary['seconds']:.1f} s; "
+                          f"TensorBoard logs in {self.log.tb_dir} (tensorboard --logdir {self.log.tb_dir})")
+        self.log.close()
+        return summary
+
+
+def _single_process_env() -> None:
+    """Outside torchrun, behave as a world of one."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML file (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 data.dataset_dir=DIR")
+
+
+def run(args) -> int:
+    import warnings
+    # megatron-core warns at import that it falls back to torch kernels without
+    # Transformer Engine / Apex: expected on CPU, noise on every rank.
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        cfg.check(int(os.environ.get("WORLD_SIZE", "1")))
+    except ConfigError as e:
+        print(f"helm-scale train: config error: {e}", file=sys.stderr)
+        return 2
+    _single_process_env()
+    from helm_scale.parallel import shutdown
+    Trainer(cfg).fit()
+    shutdown(0)  # barrier, flush, os._exit: avoids gloo's abort at interpreter exit
+    return 0

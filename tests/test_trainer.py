@@ -1,0 +1,115 @@
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from data_prep.policy import RecordPolicy
+from data_prep.prep import PrepConfig, SplitPolicy, run_prep
+from data_prep.synth import generate, write_fasta
+from helm_scale.cli import main
+from helm_scale.train_config import ScheduleConfig
+from helm_scale.trainer import lr_at
+from tests.dist_utils import run_ranks
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "corpus"
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+def _dataset(root: Path, fasta_records, policy=RecordPolicy()) -> str:
+    out = root / "shards"
+    run_prep(PrepConfig(inputs=[str(f) for f in fasta_records], output=str(out), workers=1, progress=False,
+                        policy=policy, split=SplitPolicy(val_fraction=0.05, test_fraction=0.0),
+                        shard_bytes=1 << 20))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def synthetic_dataset(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("train")
+    write_fasta(root / "corpus.fa", generate(1500, seed=5, median_codons=60, min_codons=20, defect_rate=0))
+    return _dataset(root, [root / "corpus.fa"])
+
+
+def test_lr_warms_up_then_decays_to_min_lr():
+    s = ScheduleConfig(max_steps=100, warmup_steps=10, min_lr=1e-4)
+    lrs = [lr_at(i, 1e-2, s) for i in range(100)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[9] == pytest.approx(1e-2)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lr_at(100, 1e-2, s) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.num_heads=3"], "num_heads 3 does not divide hidden_size 64"),
+    (["parallel.tensor_parallel=2", "model.num_heads=2", "model.hidden_size=64", "model.ffn_hidden_size=255"],
+     "ffn_hidden_size = 255 is not divisible by tensor_parallel = 2"),
+    (["data.objective=mlm"], "needs model.attention=bidirectional"),
+    (["data.seq_len=512"], "exceeds model.max_seq_len"),
+    (["optim.lrr=1"], "unknown setting optim.lrr"),
+    (["data.dataset_dir=/nonexistent"], "has no manifest.json"),
+])
+def test_bad_config_fails_before_any_process_group(overrides, message, capsys, synthetic_dataset):
+    code = main(["train", TINY, f"data.dataset_dir={synthetic_dataset}", *overrides])
+    assert code == 2 and message in capsys.readouterr().err
+    import torch.distributed as dist
+    assert not dist.is_initialized()
+
+
+def test_world_size_must_be_a_multiple_of_tp(capsys, monkeypatch, synthetic_dataset):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    code = main(["train", TINY, f"data.dataset_dir={synthetic_dataset}", "parallel.tensor_parallel=2"])
+    assert code == 2 and "world size 3 is not a multiple" in capsys.readouterr().err
+
+
+def _train(rank, world_size, dataset, run_dir, overrides_list):
+    import warnings
+    warnings.filterwarnings("ignore")
+    from helm_scale.train_config import load_train_config
+    from helm_scale.trainer import Trainer
+    results = []
+    for i, overrides in enumerate(overrides_list):
+        cfg = load_train_config(TINY, [f"data.dataset_dir={dataset}", f"run.run_dir={run_dir}/{i}",
+                                       "data.num_workers=0", *overrides])
+        cfg.check(world_size)
+        trainer = Trainer(cfg)
+        before = trainer.evaluate()
+        summary = trainer.fit()
+        results.append({"before": before, "after": summary["eval"], "train": summary["train"]})
+    return results
+
+
+BACKENDS = [
+    ["parallel.backend=ddp"],
+    ["parallel.backend=ddp", "parallel.tensor_parallel=2"],
+    ["parallel.backend=ddp", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true"],
+    ["parallel.backend=deepspeed", "parallel.zero_stage=2"],
+    ["parallel.backend=deepspeed", "parallel.zero_stage=3", "parallel.accumulation_steps=2"],
+    ["parallel.backend=deepspeed", "parallel.zero_stage=1", "parallel.tensor_parallel=2"],
+]
+
+
+@pytest.mark.slow
+def test_every_backend_trains_through_the_trainer(synthetic_dataset, tmp_path):
+    short = ["schedule.max_steps=6", "schedule.warmup_steps=2", "run.log_interval=3", "run.eval_interval=0",
+             "run.eval_batches=2", "data.micro_batch_size=4", "data.seq_len=64"]
+    results = run_ranks(_train, 2, synthetic_dataset, str(tmp_path), [b + short for b in BACKENDS])
+    for config, res in zip(BACKENDS, results[0]):
+        assert math.isfinite(res["train"]["loss"]) and res["after"]["loss"] < res["before"]["loss"], config
+    assert results[0] == results[1]  # every rank reports the same reduced metrics
+    assert (tmp_path / "0" / "config.yaml").is_file()
+    assert any((tmp_path / "0" / "tensorboard").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/corpus is absent (real data is not part of the repo)")
+def test_clm_and_mlm_learn_real_antibody_sequences(tmp_path):
+    dataset = _dataset(tmp_path, [SHARED / "antibody_heavy_chains.fasta.gz"], RecordPolicy(frame="trim"))
+    common = ["schedule.max_steps=120", "schedule.warmup_steps=10", "run.eval_interval=0", "run.log_interval=40",
+              "data.seq_len=128", "data.micro_batch_size=16"]
+    clm, mlm = run_ranks(_train, 2, dataset, str(tmp_path / "runs"),
+                         [common, common + ["data.objective=mlm", "model.attention=bidirectional"]])[0]
+    for name, res in (("clm", clm), ("mlm", mlm)):
+        before, after = res["before"]["cross_entropy"], res["after"]["cross_entropy"]
+        assert after < 0.6 * before, (name, before, after)  # uniform guessing is ln(69) = 4.2
+        assert res["after"]["codon_accuracy"] > 0.3, name
