@@ -117,9 +117,11 @@ class Trainer:
             logits = self.engine(**model_inputs(batch, cfg))
             out = self.loss_fn(logits, batch["labels"], batch["loss_mask"], group=self.state.loss_group)
             self.engine.backward(out.loss)
+            # Called after every micro-batch (DeepSpeed counts its accumulation window in
+            # step()); only the window's last call updates the weights.
+            stepped, grad_norm = self.engine.step()
             _add(sums, out.sums)
             sums["input_tokens"] = sums.get("input_tokens", 0.0) + float((batch["input_ids"] != self.vocab.pad_id).sum())
-        stepped, grad_norm = self.engine.step()
         assert stepped, "the engine must step once per accumulation window"
         self.step += 1
         return sums, grad_norm
