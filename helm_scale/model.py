@@ -260,6 +260,8 @@ class HelmTransformer(nn.Module):
         b, s = input_ids.shape
         if s > self.config.max_seq_len:
             raise ValueError(f"sequence length {s} exceeds max_seq_len {self.config.max_seq_len}")
+        if self.sequence_parallel and s % self.tp:
+            raise ValueError(f"sequence parallel needs the sequence length ({s}) divisible by TP ({self.tp})")
         if position_ids is None:
             position_ids = torch.arange(s, device=input_ids.device).expand(b, s)
         x = self.word_embeddings(input_ids)  # [b, s, h], summed over TP ranks

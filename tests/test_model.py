@@ -216,3 +216,20 @@ def test_model_needs_parallel_state_and_imports_patch_nothing():
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_dropout_is_seeded_through_megatrons_rng_streams():
+    """Attention dropout draws from megatron's model-parallel stream (the CPU tracker here),
+    the rest from the default generator: reseeding replays both, another seed does not."""
+    from helm_scale.parallel import set_seed
+    ids = codons(2, 12)
+
+    def run(seed):
+        set_seed(seed)
+        model = HelmTransformer(small(dropout=0.3)).train()
+        return model(ids), model.eval()(ids)
+
+    (train_a, eval_a), (train_b, _), (train_c, eval_c) = run(11), run(11), run(12)
+    assert torch.equal(train_a, train_b)
+    assert not torch.allclose(train_a, eval_a)  # dropout is active in training
+    assert not torch.allclose(train_a, train_c) and not torch.equal(eval_a, eval_c)

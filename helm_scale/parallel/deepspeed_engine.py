@@ -53,6 +53,12 @@ def _import_deepspeed(device: torch.device):
     return deepspeed
 
 
+def _deepspeed_reports_norm(cfg: ParallelConfig) -> bool:
+    """DeepSpeed without ZeRO and without bf16 clips but throws the norm away
+    (engine.get_global_grad_norm() stays None); there we call the same DeepSpeed utility."""
+    return cfg.zero_stage > 0 or cfg.precision == "bf16"
+
+
 def deepspeed_config(cfg: ParallelConfig) -> dict:
     zero = {"stage": cfg.zero_stage}
     if cfg.offload_optimizer:
@@ -61,7 +67,7 @@ def deepspeed_config(cfg: ParallelConfig) -> dict:
         # Batches come from our loader, never DeepSpeed's: this only feeds its throughput logs.
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": cfg.accumulation_steps,
-        "gradient_clipping": cfg.grad_clip,
+        "gradient_clipping": cfg.grad_clip if _deepspeed_reports_norm(cfg) else 0.0,
         "zero_optimization": zero,
         "bf16": {"enabled": cfg.precision == "bf16"},
         "zero_allow_untested_optimizer": True,
@@ -96,10 +102,16 @@ class DeepSpeedEngine(Engine):
 
     def step(self) -> StepResult:
         boundary = self.ds_engine.is_gradient_accumulation_boundary()
+        norm = None
+        if boundary and not _deepspeed_reports_norm(self.cfg):
+            from deepspeed.runtime.utils import clip_grad_norm_
+            norm = clip_grad_norm_(list(self.module.parameters()), self.cfg.grad_clip or float("inf"),
+                                   mpu=self.ds_engine.mpu)
         self.ds_engine.step()  # steps and zeroes gradients only at the boundary
         if not boundary:
             return StepResult(False, None)
-        norm = self.ds_engine.get_global_grad_norm()
+        if norm is None:
+            norm = self.ds_engine.get_global_grad_norm()
         return StepResult(True, None if norm is None else float(norm))
 
     def zero_grad(self) -> None:

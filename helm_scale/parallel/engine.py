@@ -73,7 +73,8 @@ class Engine:
 
 
 class DDPEngine(Engine):
-    """torch DDP over megatron's data-parallel group; TP collectives live in the layers."""
+    """torch DDP over megatron's data-parallel group; TP collectives live in the layers.
+    bf16 is autocast (fp32 weights, optimizer and gradients), on CUDA only."""
 
     def __init__(self, model: nn.Module, optim_cfg: OptimizerConfig, cfg: ParallelConfig,
                  state: ParallelState):
@@ -82,9 +83,7 @@ class DDPEngine(Engine):
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = build_adamw(build_param_groups(self.module, optim_cfg), optim_cfg)
         device_ids = [state.device.index] if state.device.type == "cuda" else None
-        # No buffers to broadcast: the model's only tables are parameters.
-        self.wrapped = DistributedDataParallel(self.module, device_ids=device_ids,
-                                               process_group=state.dp_group, broadcast_buffers=False)
+        self.wrapped = DistributedDataParallel(self.module, device_ids=device_ids, process_group=state.dp_group)
 
     def __call__(self, *args, **kwargs):
         # DDP decides at forward time whether this backward all-reduces; this flag is what
@@ -116,6 +115,11 @@ def build_engine(model: nn.Module, optim_cfg: OptimizerConfig, cfg: ParallelConf
     if getattr(model, "sequence_parallel", False) != cfg.sequence_parallel:
         raise ValueError("the model's sequence_parallel differs from ParallelConfig.sequence_parallel")
     if cfg.backend == "ddp":
+        if cfg.precision == "bf16" and state.device.type != "cuda":
+            # megatron's TP linears restore only CUDA autocast in their backward: on CPU the
+            # backward would multiply bf16 gradients with fp32 weights and fail.
+            raise ValueError("precision='bf16' with backend='ddp' uses CUDA autocast; on CPU "
+                             "use backend='deepspeed' (bf16 weights, fp32 master copy)")
         return DDPEngine(model, optim_cfg, cfg, state)
     from helm_scale.parallel.deepspeed_engine import DeepSpeedEngine
     return DeepSpeedEngine(model, optim_cfg, cfg, state)

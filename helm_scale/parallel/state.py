@@ -67,6 +67,9 @@ def init_parallel(cfg: ParallelConfig, timeout_s: float = 600.0) -> ParallelStat
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
     if device.type == "cuda":
+        # megatron's TP layers overlap their all-reduce with the weight-gradient GEMM only if
+        # kernels run in launch order; it must be set before the CUDA context exists.
+        os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
         torch.cuda.set_device(device)
     else:
         from helm_scale.parallel.cpu_compat import apply_cpu_patches

@@ -21,5 +21,5 @@ def gather_tp_state(module: nn.Module, tp_group) -> dict[str, torch.Tensor]:
             shards = [torch.empty_like(local) for _ in range(tp)]
             dist.all_gather(shards, local.contiguous(), group=tp_group)
             local = torch.cat(shards, dim=param.partition_dim)
-        out[name] = local.cpu()
+        out[name] = local.cpu().clone()  # a snapshot, never a view of the live parameter
     return out
