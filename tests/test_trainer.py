@@ -96,7 +96,8 @@ def test_every_backend_trains_through_the_trainer(synthetic_dataset, tmp_path):
     results = run_ranks(_train, 2, synthetic_dataset, str(tmp_path), [b + short for b in BACKENDS])
     for config, res in zip(BACKENDS, results[0]):
         assert math.isfinite(res["train"]["loss"]) and res["after"]["loss"] < res["before"]["loss"], config
-    assert results[0] == results[1]  # every rank reports the same reduced metrics
+    for a, b in zip(*results):  # every rank reports the same reduced metrics (timings aside)
+        assert (a["before"], a["after"], a["train"]["loss"]) == (b["before"], b["after"], b["train"]["loss"])
     assert (tmp_path / "0" / "config.yaml").is_file()
     assert any((tmp_path / "0" / "tensorboard").iterdir())
 
