@@ -29,6 +29,7 @@ class DataConfig:
     mask_replace_ratios: tuple[float, float, float] = (1.0, 0.0, 0.0)
     num_workers: int = 1
     eval_split: str = "val"
+    global_batch_size: int | None = None  # if set, must equal micro x accumulation x DP
 
     def __post_init__(self):
         if self.objective not in ("clm", "mlm"):
@@ -99,7 +100,13 @@ class TrainConfig:
                               "run helm-scale prep first")
         if self.parallel.sequence_parallel and self.data.seq_len % tp:
             raise ConfigError(f"sequence_parallel needs data.seq_len divisible by TP {tp}")
-        return world_size // tp
+        dp = world_size // tp
+        wanted_batch = self.data.global_batch_size
+        if wanted_batch is not None and wanted_batch != self.global_batch_size(dp):
+            raise ConfigError(
+                f"data.global_batch_size {wanted_batch} != micro_batch_size {self.data.micro_batch_size} x "
+                f"accumulation_steps {self.parallel.accumulation_steps} x DP {dp} = {self.global_batch_size(dp)}")
+        return dp
 
     def global_batch_size(self, dp_size: int) -> int:
         """Rows per optimizer step: micro batch x accumulation x data-parallel size."""

@@ -48,6 +48,7 @@ def test_lr_warms_up_then_decays_to_min_lr():
     (["data.seq_len=512"], "exceeds model.max_seq_len"),
     (["optim.lrr=1"], "unknown setting optim.lrr"),
     (["data.dataset_dir=/nonexistent"], "has no manifest.json"),
+    (["data.global_batch_size=64"], "data.global_batch_size 64 != micro_batch_size 16 x accumulation_steps 1 x DP 1"),
 ])
 def test_bad_config_fails_before_any_process_group(overrides, message, capsys, synthetic_dataset):
     code = main(["train", TINY, f"data.dataset_dir={synthetic_dataset}", *overrides])
