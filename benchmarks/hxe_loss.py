@@ -12,7 +12,6 @@ that ends in logits.grad counts. Writes benchmarks/results/hxe_loss_cpu.json.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helm_scale.codon import CODONS, GENETIC_CODE, CodonTree, Vocabulary  # noqa: E402
 from helm_scale.losses import HierarchicalLoss, LossConfig, build_loss  # noqa: E402
 from tests.dist_utils import run_ranks  # noqa: E402
+from results_io import write_results  # noqa: E402  (beside this script)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hxe_loss_cpu.json"
 # 256k tokens x 4,096 entries is 4 GiB per fp32 copy and several seconds per pass on two
@@ -197,14 +197,12 @@ def main(quick: bool = False):
           "normalised; times are median fwd+bwd; MiB = peak RSS growth per rank (rank 0)")
     print("6-mer vocabulary capped at 64k tokens on CPU (256k x 4096 fp32 = 4 GiB a copy)")
     _print_table(rows)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    write_results(RESULTS, {
         "device": device, "torch": torch.__version__, "python": platform.python_version(),
         "config": {"loss": "hxe", "alpha": 0.4, "normalized": True, "dtype": "float32",
                    "grid": grid, "threads_per_rank": 1,
                    "memory": "peak RSS growth during fwd+bwd, rank 0, logits preallocated"},
-        "rows": rows, "wall_seconds": time.perf_counter() - started}, indent=2))
-    print(f"wrote {RESULTS}")
+        "rows": rows, "wall_seconds": time.perf_counter() - started})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ writes benchmarks/results/loader_throughput_cpu.json. Skips when ../shared/data 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from results_io import write_results  # noqa: E402  (beside this script)
 SHARED_DATA = REPO.parent / "shared" / "data"
 CORPUS = SHARED_DATA / "corpus" / "antibody_heavy_chains.fasta.gz"
 TARGET_TOKENS_PER_S = 2_000_000
@@ -141,9 +141,7 @@ def main() -> int:
                          "load_average_after": os.getloadavg(),
                          "target_tokens_per_s_per_rank": TARGET_TOKENS_PER_S},
               "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
     return 0
 
 

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "data" / "corpus"
 FILES = ("natural_cds.fasta.gz", "antibody_heavy_chains.fasta.gz")
 sys.path.insert(0, str(ROOT))
+from results_io import write_results  # noqa: E402  (beside this script)
 
 
 def naive(fasta: Path) -> int:
@@ -140,9 +141,7 @@ def main() -> int:
                "device": f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
                "python": platform.python_version(), "results": results,
                "target": ">= 20x naive per core"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, payload)
     return 0
 
 

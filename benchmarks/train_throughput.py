@@ -16,7 +16,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -27,6 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from results_io import write_results  # noqa: E402  (beside this script)
 
 
 def _ours(cfg, batch, device, bf16):
@@ -131,14 +131,12 @@ def main() -> int:
     ratio = rows["helm_scale"]["tokens_per_s"] / rows["hf_gpt2"]["tokens_per_s"]
     print(f"helm_scale / hf_gpt2 tokens/s: {ratio:.2f}x")
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"train_throughput_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    write_results(out, {
         "benchmark": "train_throughput", "device": torch.cuda.get_device_name() if device.type == "cuda"
         else f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__, "python": platform.python_version(),
         "model": cfg.__dict__, "batch": args.batch, "seq_len": seq, "bf16": args.bf16,
         "flops_per_token": flops, "results": rows, "ratio_tokens_per_s": ratio,
-        "command": " ".join(sys.argv)}, indent=1, default=str) + "\n")
-    print(f"wrote {out}")
+        "command": " ".join(sys.argv)})
     return 0
 
 
