@@ -1,0 +1,1 @@
+"""Evaluation of pretrained codon models: downstream probes, annotation and language-model metrics."""
