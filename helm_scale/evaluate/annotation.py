@@ -131,7 +131,8 @@ def run(args) -> int:
     except InputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    classes = sorted(set("".join(label_strings)))
+    # Classes as codons see them: a label that only ever loses the vote is no class.
+    classes = sorted({c for labs in label_strings for c in codon_labels(labs, args.label_rule)})
     tok = backbone.tokenise(sequences)
     labels, cut = label_matrix(tok.ids, label_strings, args.label_rule, classes)
     if tok.truncated:
@@ -156,14 +157,14 @@ def run(args) -> int:
             keep = true != -100
             true, pred = true[keep].numpy(), pred[keep].numpy()
             accs.append(accuracy(true, pred))
-            f1s.append(macro_f1(true, pred, labels=range(len(classes))))
-            per_class.append(per_class_f1(true, pred, labels=range(len(classes))))
+            f1s.append(macro_f1(true, pred))  # over the classes in the test truth or predictions
+            per_class.append(per_class_f1(true, pred))
             epochs.append(info["best_epoch"])
         (am, asd), (fm, fsd) = mean_std(accs), mean_std(f1s)
         results.append({"head": kind, "accuracy": accs, "macro_f1": f1s, "accuracy_mean": am,
                         "accuracy_std": asd, "macro_f1_mean": fm, "macro_f1_std": fsd,
-                        "per_class_f1": {_region(classes[c]): float(np.mean([p[c] for p in per_class]))
-                                         for c in range(len(classes))},
+                        "per_class_f1": {_region(classes[c]): float(np.mean([p[c] for p in per_class if c in p]))
+                                         for c in range(len(classes)) if any(c in p for p in per_class)},
                         "best_epochs": epochs, "seconds": round(time.perf_counter() - t0, 2)})
         print(f"{kind}: token accuracy {am:.3f} ± {asd:.3f}, macro F1 {fm:.3f} ± {fsd:.3f}")
     report = {"model": str(args.export), "backbone": backbone.describe(), "csv": str(args.csv),

@@ -88,7 +88,7 @@ class Backbone:
         from helm_scale.export import load_exported
         try:
             return cls(load_exported(path, device="cpu"), batch_tokens)
-        except (FileNotFoundError, NotADirectoryError) as e:
+        except (FileNotFoundError, NotADirectoryError, ValueError) as e:
             raise InputError(f"{path}: not an exported model ({e})") from None
 
     def describe(self) -> dict:
