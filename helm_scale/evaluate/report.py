@@ -134,3 +134,21 @@ def write_annotation_report(report: dict, out_dir, stem: str = "annotation") -> 
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     (out / f"{stem}.md").write_text(annotation_markdown(report))
+
+
+def compare_annotation_markdown(reports: dict[str, dict]) -> str:
+    """One row per head, token accuracy and macro F1 (mean ± std over seeds) per model."""
+    labels = list(reports)
+    heads = list(dict.fromkeys(h["head"] for r in reports.values() for h in r["heads"]))
+    cols = [f"{lab} accuracy" for lab in labels] + [f"{lab} macro F1" for lab in labels]
+    first = next(iter(reports.values()))
+    lines = ["# Antibody region annotation: head-to-head", "",
+             (f"Per-codon IMGT region ({first['label_rule']}); sequences train / val / test "
+              f"{first['sizes']}, {first['split_source']}."), "",
+             "| head | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for head in heads:
+        found = {lab: next((h for h in reports[lab]["heads"] if h["head"] == head), None) for lab in labels}
+        cells = [_pm(f["accuracy_mean"], f["accuracy_std"]) if f else "-" for f in found.values()]
+        cells += [_pm(f["macro_f1_mean"], f["macro_f1_std"]) if f else "-" for f in found.values()]
+        lines.append(f"| {head} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
