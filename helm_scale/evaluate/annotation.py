@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-epochs", type=int, default=50)
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per embedding batch")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
 
 
 def codon_labels(labels: str, rule: str) -> list[str]:
@@ -132,6 +133,8 @@ def run(args) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     # Classes as codons see them: a label that only ever loses the vote is no class.
+    if args.threads:
+        torch.set_num_threads(args.threads)
     classes = sorted({c for labs in label_strings for c in codon_labels(labs, args.label_rule)})
     tok = backbone.tokenise(sequences)
     labels, cut = label_matrix(tok.ids, label_strings, args.label_rule, classes)

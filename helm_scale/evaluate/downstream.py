@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--seeds", type=int, default=3, help="TextCNN seeds per task (default 3)")
     h.add_argument("--lr", type=float, default=1e-3)
     h.add_argument("--batch-size", type=int, default=32)
-    h.add_argument("--max-epochs", type=int, default=50)
+    h.add_argument("--max-epochs", type=int, default=30)
     h.add_argument("--patience", type=int, default=5, help="epochs without a better val loss (default 5)")
     h.add_argument("--channels", type=int, default=100, help="TextCNN channels per kernel (default 100)")
     h.add_argument("--dropout", type=float, default=0.5)

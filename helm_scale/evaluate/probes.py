@@ -20,7 +20,7 @@ from torch import nn
 class FitSpec:
     lr: float = 1e-3
     batch_size: int = 32
-    max_epochs: int = 50
+    max_epochs: int = 30
     patience: int = 5        # epochs without a better validation loss before stopping
     weight_decay: float = 0.0
 
