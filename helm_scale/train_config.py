@@ -69,8 +69,6 @@ class RunConfig:
             raise ValueError("need log_interval >= 1, eval_interval >= 0, eval_batches >= 1")
         if self.checkpoint_interval < 0 or self.keep_last < 1 or self.keep_every < 0:
             raise ValueError("need checkpoint_interval >= 0, keep_last >= 1, keep_every >= 0")
-        if self.resume != "auto" and self.resume != "none" and not Path(self.resume).exists():
-            raise ValueError(f"run.resume={self.resume!r} is neither auto, none nor an existing path")
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,9 @@ class TrainConfig:
         if not (Path(self.data.dataset_dir) / MANIFEST).is_file():
             raise ConfigError(f"data.dataset_dir {self.data.dataset_dir} has no {MANIFEST}: "
                               "run helm-scale prep first")
+        if self.run.resume not in ("auto", "none") and not Path(self.run.resume).exists():
+            raise ConfigError(f"run.resume={self.run.resume!r} is neither auto, none nor an existing "
+                              "run or checkpoint directory")
         if self.parallel.sequence_parallel and self.data.seq_len % tp:
             raise ConfigError(f"sequence_parallel needs data.seq_len divisible by TP {tp}")
         dp = world_size // tp

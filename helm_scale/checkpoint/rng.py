@@ -8,7 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from megatron.core import tensor_parallel
+
+
+def _model_parallel_tracker():
+    from megatron.core import tensor_parallel  # imported on use: exports need no megatron
+    return tensor_parallel.get_cuda_rng_tracker()
 
 
 def capture() -> dict:
@@ -16,7 +20,7 @@ def capture() -> dict:
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                        "has_gauss": int(has_gauss), "gauss": float(gauss)},
-             "model_parallel": tensor_parallel.get_cuda_rng_tracker().get_states()}
+             "model_parallel": _model_parallel_tracker().get_states()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -27,7 +31,7 @@ def restore(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    tensor_parallel.get_cuda_rng_tracker().set_states(state["model_parallel"])
+    _model_parallel_tracker().set_states(state["model_parallel"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

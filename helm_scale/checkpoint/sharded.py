@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -91,7 +92,8 @@ def _dcp_state(engine, state) -> dict:
 
     module = engine.module
     model = dict(module.state_dict())
-    optim = get_optimizer_state_dict(module, engine.optimizer)["state"]  # creates empty state if none yet
+    # Fresh dicts: the inner ones may be the optimizer's own, which must keep plain tensors.
+    optim = {name: dict(entry) for name, entry in get_optimizer_state_dict(module, engine.optimizer)["state"].items()}
     if state.tp_size == 1:
         return {"model": model, "optim": optim}
     mesh = DeviceMesh.from_group(state.tp_group, state.device.type)
@@ -137,7 +139,9 @@ def read_full_weights_dcp(directory: Path) -> dict[str, torch.Tensor]:
     weights = {key.split(".", 1)[1]: torch.empty(m.size, dtype=m.properties.dtype)
                for key, m in meta.state_dict_metadata.items()
                if key.startswith("model.") and isinstance(m, TensorStorageMetadata)}
-    dcp.load({"model": weights}, storage_reader=reader, no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load({"model": weights}, storage_reader=reader, no_dist=True)
     return weights
 
 
