@@ -13,6 +13,7 @@ COMMANDS = {
     "prep": "data_prep.prep",
     "verify": "data_prep.verify",
     "train": "helm_scale.trainer",
+    "export": "helm_scale.export",
     "eval": ("Evaluate an exported model (each subcommand has --help).", {
         "downstream": "helm_scale.evaluate.downstream",
         "annotate": "helm_scale.evaluate.annotation",
