@@ -68,48 +68,56 @@ class Pipeline:
         if args.quick:
             self.work = self.work.with_name(self.work.name + "_quick")
         self.commands: list[str] = []
-        self.seconds: dict[str, float] = {}
+        # Wall time per step, kept in the work dir so that a resumed run still reports the
+        # steps an earlier invocation did.
+        self.seconds_file = self.work / "seconds.json"
+        self.seconds: dict[str, float] = (json.loads(self.seconds_file.read_text())
+                                          if self.seconds_file.is_file() else {})
+
+    def timed(self, step: str, seconds: float) -> None:
+        self.seconds[step] = round(seconds, 1)
+        self.seconds_file.parent.mkdir(parents=True, exist_ok=True)
+        self.seconds_file.write_text(json.dumps(self.seconds, indent=1) + "\n")
 
     @staticmethod
     def _text(cmd: list[str]) -> str:
         return " ".join(shlex.quote(c) for c in cmd).replace(shlex.quote(sys.executable), "python")
 
-    def sh(self, cmd: list[str], step: str) -> None:
-        """Run one command (echoed, recorded, timed); any failure ends the benchmark."""
+    def step(self, step: str, cmd: list[str], marker: Path, remove: Path | None = None) -> None:
+        """Run ``cmd`` unless ``marker`` (its finished output) exists; ``--redo STEP`` removes
+        ``remove`` (default: the marker) first. Recorded either way, so the command list is
+        complete after a resumed run; any failure ends the benchmark."""
+        remove = remove or marker
+        if step in self.args.redo and remove.exists():
+            shutil.rmtree(remove) if remove.is_dir() else remove.unlink()
         text = self._text(cmd)
-        print(f"\n$ {text}", flush=True)
         self.commands.append(text)
+        if marker.exists():
+            print(f"[{step}] {marker} exists: skipped (--redo {step} to run it again)")
+            return
+        print(f"\n$ {text}", flush=True)
         t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=ROOT, check=True)
-        self.seconds[step] = self.seconds.get(step, 0.0) + round(time.perf_counter() - t0, 1)
-
-    def fresh(self, step: str, path: Path) -> bool:
-        """True when the step must run: its output is missing, or --redo names it."""
-        if step in self.args.redo and path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        if path.exists():
-            print(f"[{step}] {path} exists: skipped (--redo {step} to run it again)")
-            return False
-        return True
+        subprocess.run(cmd, check=True)
+        self.timed(step, time.perf_counter() - t0)
 
     def corpus(self) -> Path:
         out = self.work / "corpus"
-        if self.fresh("prep", out):
-            self.sh([*HELM, "prep", str(self.data / "corpus" / "antibody_heavy_chains.fasta.gz"),
-                     str(self.data / "corpus" / "natural_cds.fasta.gz"), "--frame", "trim",
-                     "-o", str(out), "--quiet"], "prep")
+        self.step("prep", [*HELM, "prep", str(self.data / "corpus" / "antibody_heavy_chains.fasta.gz"),
+                           str(self.data / "corpus" / "natural_cds.fasta.gz"), "--frame", "trim",
+                           "-o", str(out), "--quiet"], out / "manifest.json", out)
         return out
 
     def train(self, name: str, corpus: Path) -> Path:
         run_dir = self.work / "runs" / name
-        if self.fresh("train", run_dir / "summary.json"):
-            overrides = [f"data.dataset_dir={corpus}", f"run.run_dir={run_dir}", "run.tensorboard=false"]
-            if self.args.quick:
-                overrides += ["schedule.max_steps=20", "schedule.warmup_steps=2", "run.log_interval=5",
-                              "run.eval_interval=0"]
-            self.sh([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                     f"--nproc-per-node={self.args.nproc}", "-m", "helm_scale.cli", "train",
-                     str(ROOT / "configs" / "compare" / f"{name}.yaml"), *overrides], f"train_{name}")
+        overrides = [f"data.dataset_dir={corpus}", f"run.run_dir={run_dir}", "run.tensorboard=false"]
+        if self.args.quick:
+            overrides += ["schedule.max_steps=20", "schedule.warmup_steps=2", "run.log_interval=5",
+                          "run.eval_interval=0"]
+        torchrun = ["torchrun"] if shutil.which("torchrun") else [sys.executable, "-m", "torch.distributed.run"]
+        # A stopped run resumes from its last checkpoint when the same command runs again.
+        self.step(f"train_{name}", [*torchrun, "--standalone", "--nproc-per-node", str(self.args.nproc),
+                                    "-m", "helm_scale.cli", "train", f"configs/compare/{name}.yaml", *overrides],
+                  run_dir / "summary.json", run_dir)
         return run_dir
 
     def export(self, name: str, run_dir: Path) -> Path:
@@ -118,8 +126,7 @@ class Pipeline:
         if "export" not in COMMANDS:
             sys.exit("helm-scale export is not on this branch yet: merge main once it lands "
                      "(the downstream table must use the trained, exported models)")
-        if self.fresh("export", out):
-            self.sh([*HELM, "export", str(run_dir), "-o", str(out)], f"export_{name}")
+        self.step(f"export_{name}", [*HELM, "export", str(run_dir), "-o", str(out)], out)
         return out
 
     def evaluate(self, exports: dict[str, Path]) -> tuple[dict, dict]:
@@ -130,25 +137,31 @@ class Pipeline:
         chains = {}
         for name, export in exports.items():
             out = self.work / "eval" / name
+            jobs = [("downstream", out / "downstream.json",
+                     [*HELM, "eval", "downstream", str(export), str(self.data / "downstream"), "-o", str(out),
+                      *seeds, "--threads", "1", *(["--max-epochs", "3"] if quick else [])]),
+                    ("annotate", out / "annotation.json",
+                     [*HELM, "eval", "annotate", str(export), str(self.data / "annotation" / "antibody_regions.csv"),
+                      "-o", str(out), *seeds, "--threads", "1",
+                      *(["--max-epochs", "3", "--limit", "300"] if quick else [])])]
             chain = []
-            if self.fresh("downstream", out / "downstream.json"):
-                chain.append([*HELM, "eval", "downstream", str(export), str(self.data / "downstream"),
-                              "-o", str(out), *seeds, "--threads", "1",
-                              *(["--max-epochs", "3"] if quick else [])])
-            if self.fresh("annotate", out / "annotation.json"):
-                chain.append([*HELM, "eval", "annotate", str(export),
-                              str(self.data / "annotation" / "antibody_regions.csv"), "-o", str(out),
-                              *seeds, "--threads", "1",
-                              *(["--max-epochs", "3", "--limit", "300"] if quick else [])])
+            for step, marker, cmd in jobs:
+                if step in self.args.redo and marker.exists():
+                    marker.unlink()
+                self.commands.append(self._text(cmd))
+                if marker.exists():
+                    print(f"[{step}] {marker} exists: skipped (--redo {step} to run it again)")
+                else:
+                    chain.append(cmd)
             if chain:
                 chains[name] = chain
-        self.sh_parallel(chains, "evaluate")
+        self.run_chains(chains, "evaluate")
         load = {name: self.work / "eval" / name for name in exports}
         return ({n: json.loads((d / "downstream.json").read_text()) for n, d in load.items()},
                 {n: json.loads((d / "annotation.json").read_text()) for n, d in load.items()})
 
-    def sh_parallel(self, chains: dict[str, list[list[str]]], step: str) -> None:
-        """Run each chain's commands in order, the chains at once; any failure ends the run."""
+    def run_chains(self, chains: dict[str, list[list[str]]], step: str) -> None:
+        """Each chain's commands in order, the chains at once; any failure ends the run."""
         if not chains:
             return
         t0 = time.perf_counter()
@@ -156,14 +169,12 @@ class Pipeline:
         for name, chain in chains.items():
             log = self.work / "eval" / name / "log.txt"
             log.parent.mkdir(parents=True, exist_ok=True)
-            texts = [self._text(c) for c in chain]
-            self.commands.extend(texts)
             script = " && ".join(" ".join(shlex.quote(a) for a in c) for c in chain)
-            print(f"\n$ ({' && '.join(texts)}) > {log} 2>&1 &", flush=True)
-            procs[name] = (subprocess.Popen(["bash", "-c", script], cwd=ROOT, stdout=log.open("w"),
+            print(f"\n$ ({' && '.join(self._text(c) for c in chain)}) > {log} 2>&1 &", flush=True)
+            procs[name] = (subprocess.Popen(["bash", "-c", script], stdout=log.open("w"),
                                             stderr=subprocess.STDOUT), log)
         failed = [f"{name} (see {log})" for name, (proc, log) in procs.items() if proc.wait() != 0]
-        self.seconds[step] = round(time.perf_counter() - t0, 1)
+        self.timed(step, time.perf_counter() - t0)
         if failed:
             sys.exit("evaluation failed: " + ", ".join(failed))
 
