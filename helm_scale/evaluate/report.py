@@ -88,8 +88,9 @@ def bar_chart(reports: dict[str, dict], path, title: str) -> bool:
               file=sys.stderr)
         return False
     tasks = list(dict.fromkeys(t["task"] for r in reports.values() for t in r["tasks"]))
+    # Models side by side within each probe: the comparison the chart is for.
     series = [(f"{lab} {probe}" if len(reports) > 1 else probe, _task_scores(r, probe))
-              for lab, r in reports.items() for probe in ("textcnn", "ridge")]
+              for probe in ("textcnn", "ridge") for lab, r in reports.items()]
     series = [(name, s) for name, s in series if s]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(tasks) * max(1, len(series)) / 2), 4.0))
     width = 0.8 / max(len(series), 1)
@@ -101,8 +102,8 @@ def bar_chart(reports: dict[str, dict], path, title: str) -> bool:
     ax.set_xticks(x, tasks, rotation=20, ha="right")
     ax.set_ylabel("Spearman rho (test)")
     ax.axhline(0.0, color="black", linewidth=0.6)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.set_title(title, pad=28)
+    ax.legend(fontsize=8, ncol=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.06), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
