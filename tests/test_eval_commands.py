@@ -16,6 +16,16 @@ from helm_scale.evaluate.annotation import codon_labels
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are small: a second OpenMP thread gains nothing, and on a shared, busy
+    CPU its spin-waits made these tests 10-50x slower (measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     from helm_scale.export import save_export
