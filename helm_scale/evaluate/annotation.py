@@ -153,7 +153,7 @@ def run(args) -> int:
         accs, f1s, epochs, per_class, t0 = [], [], [], [], time.perf_counter()
         for seed in range(args.seeds):
             head, info = train_token_head(feats.tokens, feats.lengths, labels, len(classes), tr, va,
-                                          spec, seed, kind)
+                                          spec, seed, kind, desc=f"{kind} head seed {seed}")
             preds = predict_tokens(head, feats.tokens, feats.lengths, te)
             true = torch.cat([labels[i, : len(p)] for i, p in zip(te, preds)])
             pred = torch.cat(preds)

@@ -108,7 +108,8 @@ def evaluate_task(backbone, task: Task, args) -> dict:
         rhos, epochs, t0 = [], [], time.perf_counter()
         for seed in range(args.seeds):
             model, info = train_textcnn(feats.tokens, feats.lengths, y, tr, va, spec, seed,
-                                        channels=args.channels, dropout=args.dropout)
+                                        channels=args.channels, dropout=args.dropout,
+                                        desc=f"TextCNN {task.name} seed {seed}")
             rhos.append(spearman(predict_textcnn(model, feats.tokens, feats.lengths, te), truth))
             epochs.append(info["best_epoch"])
         mean, std = mean_std(rhos)

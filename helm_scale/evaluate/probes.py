@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,14 @@ class TextCNN(nn.Module):
 
 
 def fit_early_stopping(model: nn.Module, n_train: int, train_loss, val_loss, spec: FitSpec,
-                       seed: int) -> dict:
+                       seed: int, desc: str | None = None) -> dict:
     """Adam on minibatches of the training rows; ``train_loss(idx) -> tensor`` and
-    ``val_loss() -> float``. Keeps the weights of the best validation epoch."""
+    ``val_loss() -> float``. Keeps the weights of the best validation epoch. ``desc``
+    shows a progress bar over the epochs."""
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     best, best_state, best_epoch, waited, epoch = math.inf, None, 0, 0, 0
+    bar = tqdm(total=spec.max_epochs, desc=desc, unit="epoch", leave=False, disable=desc is None)
     for epoch in range(1, spec.max_epochs + 1):
         model.train()
         for idx in torch.randperm(n_train, generator=gen).split(spec.batch_size):
@@ -86,8 +89,11 @@ def fit_early_stopping(model: nn.Module, n_train: int, train_loss, val_loss, spe
             best, best_state, best_epoch, waited = loss, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             waited += 1
-            if waited >= spec.patience:
-                break
+        bar.update(1)
+        bar.set_postfix(val_loss=f"{loss:.4f}", best_epoch=best_epoch)
+        if waited >= spec.patience:
+            break
+    bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -106,7 +112,7 @@ def predict_textcnn(model: TextCNN, tokens, lengths, idx, batch_size: int = 256)
 
 def train_textcnn(tokens: torch.Tensor, lengths: torch.Tensor, y: np.ndarray, train_idx, val_idx,
                   spec: FitSpec, seed: int, channels: int = 100, dropout: float = 0.5,
-                  kernels=(3, 4, 5)) -> tuple[TextCNN, dict]:
+                  kernels=(3, 4, 5), desc: str | None = None) -> tuple[TextCNN, dict]:
     """Fit a TextCNN to targets ``y`` (already normalised) with MSE; ``seed`` fixes the
     initial weights, the batch order and the dropout masks."""
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays untouched
@@ -125,7 +131,7 @@ def train_textcnn(tokens: torch.Tensor, lengths: torch.Tensor, y: np.ndarray, tr
             pred = predict_textcnn(model, tokens, lengths, val_idx)
             return float(np.mean((pred - y[val_idx.numpy()]) ** 2))
 
-        info = fit_early_stopping(model, len(train_idx), train_loss, val_loss, spec, seed)
+        info = fit_early_stopping(model, len(train_idx), train_loss, val_loss, spec, seed, desc)
     return model, info
 
 
@@ -201,7 +207,8 @@ def predict_tokens(head: TokenHead, tokens, lengths, idx, batch_size: int = 128)
 
 
 def train_token_head(tokens, lengths, labels: torch.Tensor, num_classes: int, train_idx, val_idx,
-                     spec: FitSpec, seed: int, kind: str = "linear") -> tuple[TokenHead, dict]:
+                     spec: FitSpec, seed: int, kind: str = "linear",
+                     desc: str | None = None) -> tuple[TokenHead, dict]:
     """Cross-entropy over tokens whose label is not -100 (specials, padding, cut codons)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -226,5 +233,5 @@ def train_token_head(tokens, lengths, labels: torch.Tensor, num_classes: int, tr
                 total, count = total + float(s), count + c
             return total / max(count, 1)
 
-        info = fit_early_stopping(head, len(train_idx), train_loss, val_loss, spec, seed)
+        info = fit_early_stopping(head, len(train_idx), train_loss, val_loss, spec, seed, desc)
     return head, info
