@@ -6,7 +6,12 @@
   CheckpointStore(root)              the directories: commit, latest, verify, prune
   full_weights(checkpoint_dir)       full fp32 weights in one process (for export)
 """
-from helm_scale.checkpoint.manager import Checkpointer, ResumeError, ResumePoint, full_weights
+from helm_scale.checkpoint.manager import (
+    Checkpointer,
+    ResumeError,
+    ResumePoint,
+    full_weights,
+)
 from helm_scale.checkpoint.signals import SaveOnSignal
 from helm_scale.checkpoint.store import CheckpointStore
 

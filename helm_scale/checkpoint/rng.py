@@ -11,7 +11,9 @@ import torch
 
 
 def _model_parallel_tracker():
-    from megatron.core import tensor_parallel  # imported on use: exports need no megatron
+    from megatron.core import (
+        tensor_parallel,  # imported on use: exports need no megatron
+    )
     return tensor_parallel.get_cuda_rng_tracker()
 
 

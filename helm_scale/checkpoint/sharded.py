@@ -118,7 +118,10 @@ def save_dcp(engine, state, directory: Path) -> None:
 
 def load_dcp(engine, state, directory: Path) -> None:
     """Load in place into this layout's shards, whatever layout saved them."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
     from torch.distributed.tensor import DTensor
 
     target = _dcp_state(engine, state)
