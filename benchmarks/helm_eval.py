@@ -11,7 +11,8 @@ interrupted run resumes. The corpus is ../shared/data/corpus (antibody heavy cha
 natural CDS, --frame trim); the configs are configs/compare/{xe,hxe}.yaml.
 
 Usage:
-  python benchmarks/helm_eval.py                 # the full run (~20 min training + eval)
+  python benchmarks/helm_eval.py                 # the full run (~20 min training, ~20 min eval)
+  python benchmarks/helm_eval.py --random-baseline   # ... plus the untrained network for reference
   python benchmarks/helm_eval.py --quick         # a smoke test of the pipeline (minutes;
                                                  # writes helm_eval_quick.*, numbers meaningless)
 """
@@ -57,6 +58,8 @@ def parse_args():
     p.add_argument("--seeds", type=int, default=3, help="probe seeds")
     p.add_argument("--quick", action="store_true", help="tiny budget everywhere: checks the pipeline only")
     p.add_argument("--redo", nargs="*", default=[], choices=STEPS, help="steps to run again")
+    p.add_argument("--random-baseline", action="store_true",
+                   help="also evaluate the same network untrained (seeded N(0, 0.02) weights): what pretraining adds")
     p.add_argument("--exports", nargs=2, metavar=("XE_DIR", "HXE_DIR"),
                    help="evaluate these exports instead of prep + train + export (e.g. made elsewhere)")
     return p.parse_args()
@@ -129,12 +132,33 @@ class Pipeline:
         self.step(f"export_{name}", [*HELM, "export", str(run_dir), "-o", str(out)], out)
         return out
 
+    def random_export(self) -> Path:
+        """The compare network with seeded random weights, never trained (N(0, 0.02) like the
+        trainer's init; LayerNorms at 1 / 0), exported like the others."""
+        from helm_scale.export import save_export
+        from helm_scale.plain_model import PlainTransformer
+        from helm_scale.train_config import load_train_config
+        out = self.work / "exports" / "random"
+        if "export" in self.args.redo and out.exists():
+            shutil.rmtree(out)
+        if not out.exists():
+            cfg = load_train_config("configs/compare/xe.yaml")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = PlainTransformer(cfg.model)
+                with torch.no_grad():
+                    for name, p in model.named_parameters():
+                        if "norm" not in name:
+                            p.normal_(0.0, 0.02) if p.dim() > 1 else p.zero_()
+            save_export(out, model.state_dict(), cfg, step=0, source="random init, seed 0")
+        return out
+
     def evaluate(self, exports: dict[str, Path]) -> tuple[dict, dict]:
         """Downstream then annotation per model; the models run side by side, one process
         and one thread each (two cores: measured faster than one process with two threads
         while other work shares the machine), each logging to eval/NAME/log.txt."""
         quick, seeds = self.args.quick, ["--seeds", "1" if self.args.quick else str(self.args.seeds)]
-        chains = {}
+        chains, ran = {}, set()
         for name, export in exports.items():
             out = self.work / "eval" / name
             jobs = [("downstream", out / "downstream.json",
@@ -153,9 +177,10 @@ class Pipeline:
                     print(f"[{step}] {marker} exists: skipped (--redo {step} to run it again)")
                 else:
                     chain.append(cmd)
+                    ran.add(step)
             if chain:
                 chains[name] = chain
-        self.run_chains(chains, "evaluate")
+        self.run_chains(chains, "eval_" + "+".join(sorted(ran)))
         load = {name: self.work / "eval" / name for name in exports}
         return ({n: json.loads((d / "downstream.json").read_text()) for n, d in load.items()},
                 {n: json.loads((d / "annotation.json").read_text()) for n, d in load.items()})
@@ -171,7 +196,7 @@ class Pipeline:
             log.parent.mkdir(parents=True, exist_ok=True)
             script = " && ".join(" ".join(shlex.quote(a) for a in c) for c in chain)
             print(f"\n$ ({' && '.join(self._text(c) for c in chain)}) > {log} 2>&1 &", flush=True)
-            procs[name] = (subprocess.Popen(["bash", "-c", script], stdout=log.open("w"),
+            procs[name] = (subprocess.Popen(["bash", "-c", script], stdout=log.open("a"),
                                             stderr=subprocess.STDOUT), log)
         failed = [f"{name} (see {log})" for name, (proc, log) in procs.items() if proc.wait() != 0]
         self.timed(step, time.perf_counter() - t0)
@@ -204,6 +229,8 @@ def main() -> int:
         corpus = pipe.corpus()
         runs = {m: pipe.train(m, corpus) for m in MODELS}
         exports = {m: pipe.export(m, runs[m]) for m in MODELS}
+    if args.random_baseline:
+        exports["random"] = pipe.random_export()
     downstream, annotation = pipe.evaluate(exports)
     lm = lm_metrics_hook(exports, pipe)
 
@@ -220,17 +247,18 @@ def main() -> int:
         "downstream": downstream, "annotation": annotation, "lm_metrics": lm,
         "commands": pipe.commands, "seconds": pipe.seconds,
         "total_seconds": round(time.perf_counter() - started, 1),
-        "command": "python benchmarks/helm_eval.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/helm_eval.py" + (" --quick" if args.quick else "")
+                   + (" --random-baseline" if args.random_baseline else ""),
     }
     write_results(results_dir / f"{stem}.json", payload)
-    labels = {m: m.upper() for m in MODELS}
-    md = [compare_markdown({labels[m]: downstream[m] for m in MODELS},
+    labels = {m: ("untrained" if m == "random" else m.upper()) for m in exports}
+    md = [compare_markdown({labels[m]: downstream[m] for m in exports},
                            "HELM evaluation on CPU: XE vs HXE, downstream (frozen backbone)"),
-          compare_annotation_markdown({labels[m]: annotation[m] for m in MODELS}),
+          compare_annotation_markdown({labels[m]: annotation[m] for m in exports}),
           "# Generation metrics and baselines\n\n" + lm["status"] + "\n",
           "# Commands\n\n```\n" + "\n".join(pipe.commands or ["(every step was already done)"]) + "\n```\n"]
     (results_dir / f"{stem}.md").write_text("\n".join(md))
-    bar_chart({labels[m]: downstream[m] for m in MODELS}, results_dir / f"{stem}.png",
+    bar_chart({labels[m]: downstream[m] for m in exports}, results_dir / f"{stem}.png",
               "Downstream Spearman rho: XE vs HXE pretraining")
     print(f"wrote {results_dir / (stem + '.md')} and .png")
     return 0

@@ -39,9 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="head seeds (default 3)")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only the first N sequences (quick runs)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    # A linear probe on ~150k training codons converges slowly at 1e-3 (still improving at
+    # epoch 50, measured); at 1e-2 it stops early by epoch ~50 at the same accuracy.
+    p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-epochs", type=int, default=50)
+    p.add_argument("--max-epochs", type=int, default=100)
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per embedding batch")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
