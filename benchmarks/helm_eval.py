@@ -180,7 +180,7 @@ class Pipeline:
                     ran.add(step)
             if chain:
                 chains[name] = chain
-        self.run_chains(chains, "eval_" + "+".join(sorted(ran)))
+        self.run_chains(chains, f"eval_{'+'.join(sorted(ran))}_{'+'.join(chains)}")
         load = {name: self.work / "eval" / name for name in exports}
         return ({n: json.loads((d / "downstream.json").read_text()) for n, d in load.items()},
                 {n: json.loads((d / "annotation.json").read_text()) for n, d in load.items()})
@@ -214,6 +214,25 @@ def lm_metrics_hook(exports: dict[str, Path], pipe: Pipeline) -> dict:
     if missing:
         return {"status": "not run: helm_scale.evaluate." + ", ".join(missing) + " not on this branch"}
     return {"status": "not run: the eval-lm modules are present but not wired into this script yet"}
+
+
+def pretraining_markdown(train: dict, exports: dict) -> str:
+    """The pretraining side of the comparison, and what the untrained reference is."""
+    lines = ["# Pretraining (same model, data, steps)", "",
+             "| model | steps | seconds | val perplexity | val codon acc | val synonymous acc |",
+             "|---|---|---|---|---|---|"]
+    for m, summary in train.items():
+        ev = summary.get("eval") or {}
+        lines.append(f"| {m.upper()} | {summary.get('steps')} | {summary.get('seconds', 0):.0f} | "
+                     f"{ev.get('perplexity', float('nan')):.2f} | {ev.get('codon_accuracy', float('nan')):.3f} | "
+                     f"{ev.get('synonymous_accuracy', float('nan')):.3f} |")
+    lines += ["", ("Perplexity is the true codon cross-entropy on the val split for both. The corpus "
+              "holds the CaLM E. coli CDS, so pretraining saw the abundance task's sequences "
+              "(never its values).")]
+    if "random" in exports:
+        lines += ["", ("untrained: the same network with seeded N(0, 0.02) weights, never trained "
+                  "(`--random-baseline`), through the same evaluation.")]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -255,6 +274,7 @@ def main() -> int:
     md = [compare_markdown({labels[m]: downstream[m] for m in exports},
                            "HELM evaluation on CPU: XE vs HXE, downstream (frozen backbone)"),
           compare_annotation_markdown({labels[m]: annotation[m] for m in exports}),
+          pretraining_markdown(payload["train"], exports),
           "# Generation metrics and baselines\n\n" + lm["status"] + "\n",
           "# Commands\n\n```\n" + "\n".join(pipe.commands or ["(every step was already done)"]) + "\n```\n"]
     (results_dir / f"{stem}.md").write_text("\n".join(md))

@@ -92,7 +92,7 @@ def bar_chart(reports: dict[str, dict], path, title: str) -> bool:
     series = [(f"{lab} {probe}" if len(reports) > 1 else probe, _task_scores(r, probe))
               for probe in ("textcnn", "ridge") for lab, r in reports.items()]
     series = [(name, s) for name, s in series if s]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(tasks) * max(1, len(series)) / 2), 4.0))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 2.0 + 0.4 * len(tasks) * len(series))), 4.5))
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(tasks))
     for i, (name, s) in enumerate(series):
@@ -102,7 +102,7 @@ def bar_chart(reports: dict[str, dict], path, title: str) -> bool:
     ax.set_xticks(x, tasks, rotation=20, ha="right")
     ax.set_ylabel("Spearman rho (test)")
     ax.axhline(0.0, color="black", linewidth=0.6)
-    ax.set_title(title, pad=28)
+    ax.set_title(title, pad=34)
     ax.legend(fontsize=8, ncol=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.06), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
