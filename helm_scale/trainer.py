@@ -222,6 +222,14 @@ def run(args) -> int:
         return 2
     _single_process_env()
     from helm_scale.parallel import shutdown
-    Trainer(cfg).fit()
+    from helm_scale.parallel.errors import collective_failure
+    try:
+        Trainer(cfg).fit()
+    except RuntimeError as e:  # a hung or dead peer: one line naming rank and operation
+        line = collective_failure(e, int(os.environ["RANK"]), getattr(cfg.parallel, "timeout_s", None))
+        if line is None:
+            raise
+        print(line, file=sys.stderr, flush=True)
+        os._exit(1)  # no barrier and no interpreter shutdown: a peer is gone or hung
     shutdown(0)  # barrier, flush, os._exit: avoids gloo's abort at interpreter exit
     return 0
