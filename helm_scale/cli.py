@@ -16,6 +16,7 @@ COMMANDS = {
     "prep": "data_prep.prep",
     "verify": "data_prep.verify",
     "train": "helm_scale.trainer",
+    "export": "helm_scale.export",
     "launch": "launcher.launch",
 }
 
