@@ -52,10 +52,12 @@ def check_plain(values: dict[str, str]) -> None:
                 "to a remote shell unquoted; use plain values, or the torchrun / slurm targets")
 
 
-def deepspeed_argv(python: str, hostfile: str, master_addr: str, master_port: int, nproc_per_node: int | None,
-                   log_dir: str, worker_args: list[str]) -> list[str]:
+def deepspeed_argv(python: str, hostfile: str, hosts: dict[str, int], master_addr: str, master_port: int,
+                   nproc_per_node: int | None, log_dir: str, worker_args: list[str]) -> list[str]:
     argv = [python, "-m", "deepspeed.launcher.runner", "--hostfile", hostfile,
             "--master_addr", master_addr, "--master_port", str(master_port)]
+    if not is_remote(hosts):
+        argv.append("--no_ssh_check")  # it would ssh to localhost first, even for one local host
     if nproc_per_node is not None:
         argv += ["--num_gpus", str(nproc_per_node)]
     # --no_local_rank: our CLI takes no --local_rank (LOCAL_RANK is in the environment).

@@ -231,7 +231,7 @@ def _deepspeed(args) -> int:
         env_file = Path(job.run_dir).absolute() / "deepspeed_env"
         files[str(env_file)] = "".join(f"{k}={v}\n" for k, v in env.items())
         env["DS_ENV_FILE"] = str(env_file)
-    command = deepspeed_argv(opts.python, args.hostfile, master_addr, args.master_port, args.nproc_per_node,
+    command = deepspeed_argv(opts.python, args.hostfile, hosts, master_addr, args.master_port, args.nproc_per_node,
                              log_dir, worker)
     if args.dry_run:
         sys.stdout.write(show([command], env, files))

@@ -145,6 +145,7 @@ def test_deepspeed_dry_run_uses_the_hostfile(capsys, tmp_path):
     assert argv[1:3] == ["-m", "deepspeed.launcher.runner"]
     assert argv[argv.index("--hostfile") + 1] == str(hostfile) and argv[argv.index("--master_addr") + 1] == "node-a"
     assert "--no_local_rank" in argv and argv[argv.index("--module") + 1] == "helm_scale.cli"
+    assert "--no_ssh_check" not in argv
     assert f"export DS_ENV_FILE={tmp_path}/run/deepspeed_env" in out  # remote nodes get the environment
     # 2 hosts x 4 slots = 8, not a multiple of TP 3
     assert main(["launch", "deepspeed", "--hostfile", str(hostfile), "--dry-run", TINY,
@@ -158,6 +159,8 @@ def test_deepspeed_refuses_values_its_remote_shell_would_run(capsys, tmp_path):
     assert code == 2 and "pass to a remote shell unquoted" in capsys.readouterr().err
     hostfile.write_text("localhost slots=2\n")  # one local host: no shell in between, any value is fine
     assert main(["launch", "deepspeed", "--hostfile", str(hostfile), "--dry-run", TINY, "run.run_dir=a b/$(x)"]) == 0
+    argv = _command(capsys.readouterr().out)
+    assert "--no_ssh_check" in argv and argv[argv.index("--master_addr") + 1] == "127.0.0.1"
 
 
 def test_read_job_takes_the_launch_fields_from_yaml_and_overrides(tmp_path):

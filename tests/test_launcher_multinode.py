@@ -34,10 +34,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(target_args: list[str], run_dir: Path, dataset: str, console: Path, extra=()) -> subprocess.Popen:
+def _launch(target_args: list[str], run_dir: Path, dataset: str, console: Path, overrides=()) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "helm_scale.cli", "launch", *target_args, *extra, TINY,
-           f"data.dataset_dir={dataset}", f"run.run_dir={run_dir}", *SHORT]
+    cmd = [sys.executable, "-m", "helm_scale.cli", "launch", *target_args, TINY,
+           f"data.dataset_dir={dataset}", f"run.run_dir={run_dir}", *SHORT, *overrides]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=console.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -195,3 +195,15 @@ def test_collective_failure_on_a_real_gloo_timeout():
     from tests.dist_utils import run_ranks
     line, _ = run_ranks(_timeout_on_a_hung_peer, 2)
     assert line and line.startswith("rank 0: all_reduce timed out after 2 s: another rank is hung or dead")
+
+
+def test_deepspeed_target_trains_on_one_local_host(synthetic_dataset, tmp_path):  # noqa: F811
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=2\n")
+    run_dir = tmp_path / "run"
+    proc = _launch(["deepspeed", "--hostfile", str(hostfile), "--master-port", str(_free_port())], run_dir,
+                   synthetic_dataset, tmp_path / "console.log", ["parallel.backend=deepspeed", "parallel.zero_stage=1", "run.checkpoint_interval=0"])
+    assert _wait([proc], timeout=300) == [0], (tmp_path / "console.log").read_text()[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == STEPS
+    assert json.loads((run_dir / "launch.json").read_text())["target"] == "deepspeed"
+    assert len(list((run_dir / "logs" / "deepspeed").glob("*_rank*.log"))) == 2
