@@ -6,9 +6,8 @@ code runs at any tensor-parallel size: the word embedding and the head are vocab
 parallel, QKV / fc1 column parallel, the attention and MLP outputs row parallel.
 
 Public API:
-  pad_vocab(vocab_size, tp=1, multiple=8) -> int
-  ModelConfig(...)            .validate_for_tp(tp), .num_parameters(), .flops_per_token(seq_len)
-  build_attention_mask(segment_ids, padding_mask, causal) -> (bool mask [b,1,s,s] | None, is_causal)
+  ModelConfig, pad_vocab        (helm_scale.model_config)
+  build_attention_mask          (helm_scale.plain_model, shared with the single-device model)
   HelmTransformer(config, *, sequence_parallel=False)
       .forward(input_ids, position_ids=None, segment_ids=None, padding_mask=None)
       -> logits_shard [b, s, padded_vocab_size / TP]: this TP rank's contiguous vocab slice,
@@ -22,7 +21,6 @@ so that sequence parallelism shards dim 0.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,118 +28,10 @@ from megatron.core import ModelParallelConfig, parallel_state, tensor_parallel
 from megatron.core.utils import init_method_normal, scaled_init_method_normal
 from torch import nn
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from helm_scale.model_config import DTYPES, ModelConfig, pad_vocab
+from helm_scale.plain_model import build_attention_mask, rotary_tables, rotate
 
-
-def pad_vocab(vocab_size: int, tp: int = 1, multiple: int = 8) -> int:
-    """Smallest size >= vocab_size divisible by multiple * tp (megatron's padding rule)."""
-    step = multiple * tp
-    return -(-vocab_size // step) * step
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int = 69
-    padded_vocab_size: int | None = None  # None: pad_vocab(vocab_size); fix it to move checkpoints across TP
-    num_layers: int = 10
-    hidden_size: int = 640
-    ffn_hidden_size: int = 2560
-    num_heads: int = 10
-    max_seq_len: int = 444
-    position: str = "learned"  # "learned" | "rotary"
-    attention: str = "causal"  # "causal" | "bidirectional"
-    dropout: float = 0.0
-    init_std: float = 0.02
-    tie_embeddings: bool = True
-    params_dtype: str = "fp32"  # "fp32" | "bf16"
-    layernorm_eps: float = 1e-5
-    rotary_base: float = 10000.0
-
-    def __post_init__(self):
-        if self.padded_vocab_size is None:
-            object.__setattr__(self, "padded_vocab_size", pad_vocab(self.vocab_size))
-        for key in ("vocab_size", "num_layers", "hidden_size", "ffn_hidden_size", "num_heads",
-                    "max_seq_len", "padded_vocab_size"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ValueError(f"ModelConfig.{key} must be a positive int, got {getattr(self, key)!r}")
-        if self.padded_vocab_size < self.vocab_size:
-            raise ValueError(f"padded_vocab_size {self.padded_vocab_size} < vocab_size {self.vocab_size}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"num_heads {self.num_heads} does not divide hidden_size {self.hidden_size}")
-        if self.position not in ("learned", "rotary"):
-            raise ValueError(f"position must be 'learned' or 'rotary', got {self.position!r}")
-        if self.position == "rotary" and self.head_dim % 2:
-            raise ValueError(f"rotary positions need an even head dim, got {self.head_dim}")
-        if self.attention not in ("causal", "bidirectional"):
-            raise ValueError(f"attention must be 'causal' or 'bidirectional', got {self.attention!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.params_dtype not in DTYPES:
-            raise ValueError(f"params_dtype must be one of {sorted(DTYPES)}, got {self.params_dtype!r}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    def validate_for_tp(self, tp: int) -> None:
-        """Raise if this model cannot be split over ``tp`` tensor-parallel ranks."""
-        for key in ("num_heads", "ffn_hidden_size", "padded_vocab_size"):
-            if getattr(self, key) % tp:
-                hint = f"; use pad_vocab({self.vocab_size}, tp={tp})" if key == "padded_vocab_size" else ""
-                raise ValueError(f"{key} = {getattr(self, key)} is not divisible by tensor_parallel = {tp}{hint}")
-
-    def num_parameters(self, include_embeddings: bool = True) -> int:
-        """Exact parameter count of HelmTransformer (all TP ranks together)."""
-        h, f = self.hidden_size, self.ffn_hidden_size
-        per_layer = 2 * h + (3 * h * h + 3 * h) + (h * h + h) + 2 * h + (h * f + f) + (f * h + h)
-        n = self.num_layers * per_layer + 2 * h
-        if not self.tie_embeddings:
-            n += self.padded_vocab_size * h  # the head is counted as a matmul, not an embedding
-        if include_embeddings:
-            n += self.padded_vocab_size * h + (self.max_seq_len * h if self.position == "learned" else 0)
-        return n
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (forward + backward) for MFU.
-
-        6 * N_matmul + 12 * L * h * S, where N_matmul = L * (4h^2 + 2hf) + V_padded * h counts
-        every weight used in a matmul (the head included, embedding lookups and norms not), and
-        12 * L * h * S is QK^T and attention x V (2 * 2 * S * h per token and layer forward,
-        times 3 with the backward). Causal masking is not discounted (PaLM convention).
-        """
-        h, f, L = self.hidden_size, self.ffn_hidden_size, self.num_layers
-        matmul_params = L * (4 * h * h + 2 * h * f) + self.padded_vocab_size * h
-        return 6.0 * matmul_params + 12.0 * L * h * seq_len
-
-
-def build_attention_mask(segment_ids: torch.Tensor | None, padding_mask: torch.Tensor | None,
-                         causal: bool) -> tuple[torch.Tensor | None, bool]:
-    """SDPA mask [b, 1, s, s] (True = may attend) and SDPA's is_causal flag.
-
-    With segment_ids, a token sees only its own segment (and, if causal, its past).
-    Otherwise padding_mask (True at padding) hides padded keys. Every query keeps its own
-    key, so no row is empty (an empty row makes SDPA return NaN). Without either, no mask
-    is built and SDPA gets is_causal, which keeps its flash kernels on GPU.
-    """
-    if segment_ids is None and padding_mask is None:
-        return None, causal
-    if segment_ids is not None:
-        allowed = segment_ids[:, :, None] == segment_ids[:, None, :]
-    else:
-        s = padding_mask.shape[1]
-        allowed = ~padding_mask.bool()[:, None, :].expand(-1, s, -1)
-        allowed = allowed | torch.eye(s, dtype=torch.bool, device=padding_mask.device)
-    if causal:
-        allowed = allowed.tril()
-    return allowed[:, None], False
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # Half-split rotary (GPT-NeoX / megatron non-interleaved). Written here because
-    # megatron's RotaryEmbedding builds tables for contiguous positions 0..s, while packed
-    # batches restart positions per sequence: a per-token table is indexed by position_ids.
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+__all__ = ["HelmTransformer", "ModelConfig", "build_attention_mask", "pad_vocab"]
 
 
 class _LayerNorm(nn.LayerNorm):
@@ -202,7 +92,7 @@ class _Block(nn.Module):
         s, b = qkv.shape[:2]
         q, k, v = qkv.view(s, b, self.local_heads, 3, self.cfg.head_dim).permute(3, 1, 2, 0, 4).unbind(0)
         if rotary is not None:
-            q, k = _rotate(q, *rotary), _rotate(k, *rotary)
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         p = self.cfg.dropout if self.training else 0.0
         with _dropout_rng(p > 0):  # heads differ per TP rank: so do their dropout masks
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
@@ -245,15 +135,6 @@ class HelmTransformer(nn.Module):
         names = {"word_embeddings.weight"}
         return names | ({"position_embeddings"} if self.config.position == "learned" else set())
 
-    def _rotary_tables(self, position_ids: torch.Tensor, dtype: torch.dtype):
-        # fp32 from positions on the fly: a bf16 table would lose whole positions past ~256.
-        d = self.config.head_dim
-        inv_freq = self.config.rotary_base ** (
-            -torch.arange(0, d, 2, device=position_ids.device, dtype=torch.float32) / d)
-        angles = position_ids.float()[..., None] * inv_freq  # [b, s, d/2]
-        angles = torch.cat((angles, angles), dim=-1)[:, None]  # [b, 1, s, d]
-        return angles.cos().to(dtype), angles.sin().to(dtype)
-
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None,
                 padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -274,7 +155,7 @@ class HelmTransformer(nn.Module):
             with _dropout_rng(self.sequence_parallel):
                 x = F.dropout(x, self.config.dropout)
         mask, is_causal = build_attention_mask(segment_ids, padding_mask, self.config.attention == "causal")
-        rotary = self._rotary_tables(position_ids, x.dtype) if self.config.position == "rotary" else None
+        rotary = rotary_tables(position_ids, self.config, x.dtype) if self.config.position == "rotary" else None
         for layer in self.layers:
             x = layer(x, mask, is_causal, rotary)
         weight = self.word_embeddings.weight if self.config.tie_embeddings else None

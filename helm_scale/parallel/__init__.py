@@ -12,11 +12,22 @@ The DeepSpeed backend is imported only when chosen. CPU patches for megatron-cor
 (cpu_compat) are applied by init_parallel on CPU-only runs, never at import.
 """
 from helm_scale.parallel.config import OptimizerConfig, ParallelConfig
-from helm_scale.parallel.engine import DDPEngine, Engine, StepResult, build_engine
-from helm_scale.parallel.optim import build_adamw, build_param_groups, clip_grad_norm_tp
-from helm_scale.parallel.state import ParallelState, init_parallel, set_seed, shutdown
-from helm_scale.parallel.weights import gather_tp_state
 
-__all__ = ["DDPEngine", "Engine", "OptimizerConfig", "ParallelConfig", "ParallelState", "StepResult",
-           "build_adamw", "build_engine", "build_param_groups", "clip_grad_norm_tp", "gather_tp_state",
-           "init_parallel", "set_seed", "shutdown"]
+# Everything else imports megatron-core (seconds): loaded on first use, so that reading a
+# training config (which needs only the two dataclasses above) stays fast.
+_LAZY = {
+    "DDPEngine": "engine", "Engine": "engine", "StepResult": "engine", "build_engine": "engine",
+    "build_adamw": "optim", "build_param_groups": "optim", "clip_grad_norm_tp": "optim",
+    "ParallelState": "state", "init_parallel": "state", "set_seed": "state", "shutdown": "state",
+    "gather_tp_state": "weights",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'helm_scale.parallel' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(f"helm_scale.parallel.{_LAZY[name]}"), name)
+
+
+__all__ = ["OptimizerConfig", "ParallelConfig"] + list(_LAZY)

@@ -1,0 +1,104 @@
+"""Consolidated, framework-free model exports: ``helm-scale export RUN [--step N] [-o DIR]``.
+
+An export is a directory anyone can load on one device, with no process group,
+megatron-core or DeepSpeed, and nothing unpickled:
+
+    model.safetensors   full fp32 weights, named as helm_scale.plain_model.PlainTransformer
+    config.yaml         the resolved training configuration
+    vocab.json          the codon vocabulary (token order is the embedding row order)
+    tree.json           the codon tree the loss used
+    export.json         format, step, source checkpoint, sha256 of every file above
+
+    save_export(out_dir, state_dict, train_config, step, source="") -> Path
+    load_exported(path, device="cpu") -> Exported(model, config, vocab, tree, step)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from helm_scale.codon import CodonTree, Vocabulary, build_tree
+
+FORMAT = "helm-scale-export/1"
+EXPORT_FILES = ("model.safetensors", "config.yaml", "vocab.json", "tree.json")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Exported:
+    model: torch.nn.Module  # PlainTransformer, eval mode
+    config: object          # TrainConfig
+    vocab: Vocabulary
+    tree: CodonTree
+    step: int
+
+
+def save_export(out_dir, state_dict: dict[str, torch.Tensor], train_config, step: int,
+                source: str = "") -> Path:
+    """Write an export atomically (a temporary sibling directory renamed into place)."""
+    from safetensors.torch import save_file
+
+    from helm_scale.config_io import save_config
+    out = Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; remove it or choose another -o")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        vocab = Vocabulary.default()
+        tree = build_tree(vocab, train_config.loss.tree, train_config.loss.tree_seed)
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()},
+                  tmp / "model.safetensors", metadata={"format": FORMAT, "step": str(step)})
+        save_config(train_config, tmp / "config.yaml")
+        (tmp / "vocab.json").write_text(json.dumps(vocab.to_dict(), indent=1) + "\n")
+        (tmp / "tree.json").write_text(json.dumps(tree.to_dict()) + "\n")
+        meta = {"format": FORMAT, "step": step, "source": source,
+                "vocab_fingerprint": vocab.fingerprint(), "tree_fingerprint": tree.fingerprint(),
+                "sha256": {name: sha256_file(tmp / name) for name in EXPORT_FILES}}
+        (tmp / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_exported(path, device="cpu") -> Exported:
+    """Verify an export's checksums and build its PlainTransformer on ``device``."""
+    from safetensors.torch import load_file
+
+    from helm_scale.plain_model import PlainTransformer
+    from helm_scale.train_config import load_train_config
+    root = Path(path)
+    meta_path = root / "export.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{root} is not a helm-scale export (no export.json); "
+                                "make one with: helm-scale export RUN_DIR")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{root}: unknown export format {meta.get('format')!r}, expected {FORMAT}")
+    for name, want in meta["sha256"].items():
+        if not (root / name).is_file() or sha256_file(root / name) != want:
+            raise ValueError(f"{root / name} is missing or does not match its recorded sha256")
+    vocab = Vocabulary.from_dict(json.loads((root / "vocab.json").read_text()))
+    if vocab.fingerprint() != Vocabulary.default().fingerprint():
+        raise ValueError(f"{root}: the export's vocabulary differs from this helm_scale's")
+    tree = CodonTree.from_dict(json.loads((root / "tree.json").read_text()))
+    config = load_train_config(str(root / "config.yaml"))
+    model = PlainTransformer(config.model)
+    model.load_state_dict(load_file(root / "model.safetensors"), strict=True)
+    return Exported(model.to(device).eval(), config, vocab, tree, int(meta["step"]))
