@@ -67,7 +67,7 @@ def save_export(out_dir, state_dict: dict[str, torch.Tensor], train_config, step
         (tmp / "vocab.json").write_text(json.dumps(vocab.to_dict(), indent=1) + "\n")
         (tmp / "tree.json").write_text(json.dumps(tree.to_dict()) + "\n")
         meta = {"format": FORMAT, "step": step, "source": source,
-                "vocab_fingerprint": vocab.fingerprint(), "tree_fingerprint": tree.fingerprint(),
+                "vocab_fingerprint": vocab.fingerprint, "tree_fingerprint": tree.fingerprint,
                 "sha256": {name: sha256_file(tmp / name) for name in EXPORT_FILES}}
         (tmp / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
         os.replace(tmp, out)
@@ -95,7 +95,7 @@ def load_exported(path, device="cpu") -> Exported:
         if not (root / name).is_file() or sha256_file(root / name) != want:
             raise ValueError(f"{root / name} is missing or does not match its recorded sha256")
     vocab = Vocabulary.from_dict(json.loads((root / "vocab.json").read_text()))
-    if vocab.fingerprint() != Vocabulary.default().fingerprint():
+    if vocab.fingerprint != Vocabulary.default().fingerprint:
         raise ValueError(f"{root}: the export's vocabulary differs from this helm_scale's")
     tree = CodonTree.from_dict(json.loads((root / "tree.json").read_text()))
     config = load_train_config(str(root / "config.yaml"))
