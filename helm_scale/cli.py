@@ -12,6 +12,8 @@ COMMANDS = {
     "prep": "data_prep.prep",
     "verify": "data_prep.verify",
     "train": "helm_scale.trainer",
+    "generate": "helm_scale.evaluate.generate_cmd",
+    "eval": "helm_scale.evaluate.eval_cmd",
 }
 
 

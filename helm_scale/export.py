@@ -40,7 +40,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 @dataclass
 class Exported:
-    model: torch.nn.Module  # PlainTransformer, eval mode
+    model: torch.nn.Module  # PlainTransformer (LstmLM for model.arch lstm), eval mode
     config: object          # TrainConfig
     vocab: Vocabulary
     tree: CodonTree
@@ -81,7 +81,7 @@ def load_exported(path, device="cpu") -> Exported:
     """Verify an export's checksums and build its PlainTransformer on ``device``."""
     from safetensors.torch import load_file
 
-    from helm_scale.plain_model import PlainTransformer
+    from helm_scale.plain_model import build_plain_model
     from helm_scale.train_config import load_train_config
     root = Path(path)
     meta_path = root / "export.json"
@@ -99,6 +99,6 @@ def load_exported(path, device="cpu") -> Exported:
         raise ValueError(f"{root}: the export's vocabulary differs from this helm_scale's")
     tree = CodonTree.from_dict(json.loads((root / "tree.json").read_text()))
     config = load_train_config(str(root / "config.yaml"))
-    model = PlainTransformer(config.model)
+    model = build_plain_model(config.model)
     model.load_state_dict(load_file(root / "model.safetensors"), strict=True)
     return Exported(model.to(device).eval(), config, vocab, tree, int(meta["step"]))
