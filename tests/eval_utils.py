@@ -10,7 +10,7 @@ from helm_scale.model_config import ModelConfig
 from helm_scale.plain_model import build_plain_model
 from helm_scale.train_config import DataConfig, TrainConfig
 
-TINY_MODEL = dict(num_layers=1, hidden_size=32, ffn_hidden_size=64, num_heads=2, max_seq_len=64)
+TINY_MODEL = {"num_layers": 1, "hidden_size": 32, "ffn_hidden_size": 64, "num_heads": 2, "max_seq_len": 64}
 
 
 def tiny_export(out: Path, objective: str = "clm", seed: int = 0, std: float = 0.02, **model) -> Path:

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from helm_scale.cli import main
-from helm_scale.evaluate import evaluate_intrinsic, generation_metrics, read_sequences, sequence_nll
+from helm_scale.evaluate import (
+    evaluate_intrinsic,
+    generation_metrics,
+    read_sequences,
+    sequence_nll,
+)
 from tests.eval_utils import load_exported, tiny_dataset, tiny_export
 
 

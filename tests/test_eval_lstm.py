@@ -16,7 +16,8 @@ from tests.eval_utils import load_exported, tiny_dataset, tiny_export
 
 ROOT = Path(__file__).resolve().parents[1]
 LSTM = str(ROOT / "configs" / "lstm_baseline.yaml")
-SMALL = dict(arch="lstm", num_layers=2, hidden_size=32, num_heads=2, ffn_hidden_size=64, max_seq_len=64)
+SMALL = {"arch": "lstm", "num_layers": 2, "hidden_size": 32, "num_heads": 2, "ffn_hidden_size": 64,
+         "max_seq_len": 64}
 
 
 def test_lstm_shapes_parameter_count_and_causality():

@@ -4,9 +4,19 @@ import numpy as np
 import pytest
 
 from helm_scale.codon import CODONS
-from helm_scale.evaluate.metrics import (codon_usage, diversity, frechet_distance, frechet_from_embeddings,
-                                         gc_content, generation_metrics, is_valid_orf, js_divergence,
-                                         knn_precision_recall, levenshtein, plot_codon_usage)
+from helm_scale.evaluate.metrics import (
+    codon_usage,
+    diversity,
+    frechet_distance,
+    frechet_from_embeddings,
+    gc_content,
+    generation_metrics,
+    is_valid_orf,
+    js_divergence,
+    knn_precision_recall,
+    levenshtein,
+    plot_codon_usage,
+)
 from helm_scale.evaluate.sequences import EvalInputError
 
 

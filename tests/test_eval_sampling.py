@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from helm_scale.codon import Vocabulary
-from helm_scale.evaluate.sampling import allowed_tokens, filter_logits, generate, generate_records
+from helm_scale.evaluate.sampling import (
+    allowed_tokens,
+    filter_logits,
+    generate,
+    generate_records,
+)
 from helm_scale.evaluate.sequences import EvalInputError, is_acgt
 from tests.eval_utils import load_exported, tiny_export
 
@@ -110,8 +115,8 @@ def test_generation_is_seeded_and_checks_its_arguments(tmp_path):
     assert a == generate(exported, 5, max_codons=20, seed=3, progress=False)
     assert a != generate(exported, 5, max_codons=20, seed=4, progress=False)
     assert all(is_acgt(s) and len(s) % 3 == 0 and s.startswith("ATG") for s in a)
-    for bad in (dict(prefix="ATGA"), dict(prefix="ATGNNN"), dict(max_codons=64), dict(temperature=0),
-                dict(top_p=0.0), dict(top_p=1.5), dict(prefix="ATG" * 5, max_codons=5)):
+    for bad in ({"prefix": "ATGA"}, {"prefix": "ATGNNN"}, {"max_codons": 64}, {"temperature": 0},
+                {"top_p": 0.0}, {"top_p": 1.5}, {"prefix": "ATG" * 5, "max_codons": 5}):
         with pytest.raises(EvalInputError):
             generate(exported, 1, progress=False, **bad)
     mlm = load_exported(tiny_export(tmp_path / "mlm", objective="mlm"))

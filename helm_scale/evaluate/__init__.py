@@ -35,7 +35,7 @@ _WHERE = {
     "read_sequences": "sequences", "read_fasta": "sequences", "write_fasta": "sequences",
     "EvalInputError": "sequences",
 }
-__all__ = sorted(_WHERE)
+__all__ = list(_WHERE)  # the lazily loaded names
 
 
 def __getattr__(name: str):

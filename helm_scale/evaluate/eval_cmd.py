@@ -176,7 +176,11 @@ def _mutation(args) -> dict:
     """Accuracy of choosing the real sequence over its edited copies, per kind and edit count."""
     import random
 
-    from helm_scale.evaluate.mutation import model_score_fn, mutation_detection, ngram_score_fn
+    from helm_scale.evaluate.mutation import (
+        model_score_fn,
+        mutation_detection,
+        ngram_score_fn,
+    )
     from helm_scale.evaluate.ngram import NgramLM
     from helm_scale.evaluate.sequences import EvalInputError, read_sequences
     scorer = Path(args.scorer)

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class NgramLM:
         self.level, self.smoothing, self.order = level, smoothing, order
         self.num_symbols = 4 if level == "nucleotide" else 64   # V; <eos> = V, <bos> = V + 1
         self.eos, self.bos, self.base = self.num_symbols, self.num_symbols + 1, self.num_symbols + 2
-        max_order = int(math.floor(63 * math.log(2) / math.log(self.base)))
+        max_order = math.floor(63 * math.log(2) / math.log(self.base))
         if not isinstance(order, int) or not 1 <= order <= max_order:
             raise ValueError(f"order must be an int in [1, {max_order}] for {level}s, got {order!r}")
         if not k > 0:
@@ -108,12 +108,12 @@ class NgramLM:
             yield key
 
     # -- fitting -----------------------------------------------------------------------
-    def fit(self, sequences: Iterable[str]) -> "NgramLM":
+    def fit(self, sequences: Iterable[str]) -> NgramLM:
         sequences = list(sequences)
         if not sequences:
             raise EvalInputError("cannot fit an n-gram model on no sequences")
         arr, targets, _ = self._targets(sequences)
-        self.trained_symbols = int(len(targets))
+        self.trained_symbols = len(targets)
         # Distinct m-grams of every order m >= 2; the top order with its counts.
         distinct = [np.unique(k, return_counts=m == self.order) if m > 1 or m == self.order else None
                     for m, k in enumerate(self._keys(arr, targets), start=1)]
@@ -206,7 +206,7 @@ class NgramLM:
         np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> "NgramLM":
+    def load(cls, path: str | Path) -> NgramLM:
         try:
             data = np.load(path, allow_pickle=False)
             meta = json.loads(str(data["meta"]))
