@@ -69,3 +69,45 @@ def test_bad_input_is_refused(tmp_path):
     with pytest.raises(EvalInputError, match="not a saved n-gram"):
         (tmp_path / "x.npz").write_text("nope")
         NgramLM.load(tmp_path / "x.npz")
+
+
+def _reference_kneser_ney(train, order, d, alphabet="ACGT"):
+    """A direct, dictionary-based transcription of interpolated Kneser-Ney, for comparison."""
+    from collections import Counter, defaultdict
+    eos, bos = len(alphabet), len(alphabet) + 1
+    grams = Counter()
+    for seq in train:
+        s = [bos] * (order - 1) + [alphabet.index(c) for c in seq] + [eos]
+        for t in range(order - 1, len(s)):
+            for m in range(1, order + 1):
+                grams[tuple(s[t - m + 1:t + 1])] += 1
+    counts = {order: {g: c for g, c in grams.items() if len(g) == order}}
+    for m in range(order - 1, 0, -1):  # continuation counts: distinct left extensions
+        cont = defaultdict(int)
+        for g in counts[m + 1] if m + 1 == order else [g for g in grams if len(g) == m + 1]:
+            cont[g[1:]] += 1
+        counts[m] = dict(cont)
+
+    def prob(w, h):
+        m = len(h) + 1
+        if m == 0:
+            return 1 / (len(alphabet) + 1)
+        lower = prob(w, h[1:]) if h else 1 / (len(alphabet) + 1)
+        table = counts[m]
+        follow = {g[-1]: c for g, c in table.items() if g[:-1] == h}
+        total = sum(follow.values())
+        if total == 0:
+            return lower
+        return max(follow.get(w, 0) - d, 0) / total + d * len(follow) / total * lower
+    return prob, bos
+
+
+def test_kneser_ney_agrees_with_a_direct_transcription():
+    rng = random.Random(5)
+    train = ["".join(rng.choice("ACGT") for _ in range(rng.randint(5, 40))) for _ in range(25)]
+    lm = NgramLM(order=4, discount=0.6).fit(train)
+    prob, bos = _reference_kneser_ney(train, 4, 0.6)
+    for history in ["", "A", "AC", "ACG", "TTGA", train[3][:12], "GGGGGG"]:
+        h = [bos] * 3 + ["ACGT".index(c) for c in history]
+        expected = [prob(w, tuple(h[-3:])) for w in range(5)]
+        assert lm.next_distribution(history) == pytest.approx(expected, rel=1e-12)

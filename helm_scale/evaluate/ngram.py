@@ -18,7 +18,8 @@ Smoothing:
                 per order): the highest order uses counts, every lower order continuation
                 counts N1+(. g w), and the unigram level interpolates with the uniform
                 distribution over symbols + <eos>, so no symbol ever has probability 0.
-                Discounts D_m = n1 / (n1 + 2 n2) per order (clamped to [0.05, 0.95]) or fixed.
+                Discounts D_m = n1 / (n1 + 2 n2) per order (at least 0.05; Chen & Goodman's
+                estimate, at most 1) or fixed.
                 A context never seen backs off wholly to the next lower order.
   "add-k"       highest order only: (c(h w) + k) / (c(h) + k (V + 1)); k = 1 is Laplace.
 
@@ -138,7 +139,7 @@ class NgramLM:
             return self.fixed_discount
         n1, n2 = int((counts == 1).sum()), int((counts == 2).sum())
         d = n1 / (n1 + 2 * n2) if n1 + n2 else 0.75
-        return float(min(max(d, 0.05), 0.95))
+        return float(min(max(d, 0.05), 1.0))
 
     # -- scoring -----------------------------------------------------------------------
     @staticmethod
