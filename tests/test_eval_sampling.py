@@ -122,3 +122,26 @@ def test_generation_is_seeded_and_checks_its_arguments(tmp_path):
     mlm = load_exported(tiny_export(tmp_path / "mlm", objective="mlm"))
     with pytest.raises(EvalInputError, match="causal"):
         generate(mlm, 1, progress=False)
+
+
+@pytest.mark.parametrize("model", [{}, {"position": "rotary"}, {"tie_embeddings": False, "num_layers": 2},
+                                   {"arch": "lstm", "num_layers": 2}])
+def test_cached_decoding_matches_the_full_forward_at_every_step(tmp_path, model):
+    from helm_scale.evaluate.decoding import FullForwardDecoder, decoder_for
+    exported = load_exported(tiny_export(tmp_path / "ex", std=0.3, **model))
+    net = exported.model
+    decoder = decoder_for(net)
+    assert not isinstance(decoder, FullForwardDecoder)
+    rng = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 69, (5, 4), generator=rng)
+    with torch.no_grad():
+        logits = decoder.start(ids)
+        assert torch.allclose(logits, net(ids)[:, -1], atol=1e-5)
+        for step in range(12):  # rows leave the batch as they would at <eos>
+            keep = torch.arange(len(ids)) if step % 4 else torch.arange(len(ids))[1:]
+            if len(keep) == 0:
+                break
+            nxt = torch.randint(5, 69, (len(keep),), generator=rng)
+            ids = torch.cat([ids[keep], nxt[:, None]], dim=1)
+            logits = decoder.step(nxt, keep)
+            assert torch.allclose(logits, net(ids)[:, -1], atol=1e-5), step

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from helm_scale.evaluate.decoding import decoder_for
 from helm_scale.evaluate.scoring import is_causal
 from helm_scale.evaluate.sequences import EvalInputError, codons_of, is_acgt
 
@@ -95,6 +96,7 @@ def generate_records(exported, n: int, temperature: float = 1.0, top_k: int | No
     if n < 1 or batch_size < 1:
         raise EvalInputError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
     prefix_codons, max_codons = _check(exported, temperature, top_k, top_p, prefix, max_codons)
+    prefix = "".join(prefix_codons)
     vocab, model = exported.vocab, exported.model
     device = next(model.parameters()).device
     allowed = allowed_tokens(vocab, exported.config.model.padded_vocab_size).to(device)
@@ -104,25 +106,29 @@ def generate_records(exported, n: int, temperature: float = 1.0, top_k: int | No
     bar = tqdm(total=n, desc="generating", unit="seq", disable=not progress)
     for first in range(0, n, batch_size):
         rows = min(batch_size, n - first)
-        ids = torch.tensor([start] * rows, dtype=torch.long, device=device)
-        active = torch.arange(rows, device=device)  # rows still without <eos>
-        ended = torch.zeros(rows, dtype=torch.bool)
-        lengths = torch.full((rows,), ids.shape[1], dtype=torch.long)
-        while len(active) and ids.shape[1] - 1 < max_codons:
-            logits = model(ids[active])[:, -1]
+        decoder = decoder_for(model)
+        logits = decoder.start(torch.tensor([start] * rows, dtype=torch.long, device=device))
+        active = list(range(rows))  # rows still without <eos>, in the decoder's row order
+        sampled: list[list[int]] = [[] for _ in range(rows)]
+        ended = [False] * rows
+        length = len(prefix_codons)
+        while True:
             probs = torch.softmax(filter_logits(logits, allowed, temperature, top_k, top_p), dim=-1)
             draw = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-            column = torch.full((rows,), vocab.pad_id, dtype=torch.long, device=device)
-            column[active] = draw
-            ids = torch.cat([ids, column[:, None]], dim=1)
-            stop = draw == vocab.eos_id
-            ended[active[stop].cpu()] = True
-            lengths[active[~stop].cpu()] += 1
-            active = active[~stop]
+            keep = draw != vocab.eos_id
+            for row, token, going in zip(active, draw.tolist(), keep.tolist()):
+                if going:
+                    sampled[row].append(token)
+                else:
+                    ended[row] = True
+            active = [row for row, going in zip(active, keep.tolist()) if going]
+            length += 1
+            if not active or length >= max_codons:
+                break
+            logits = decoder.step(draw[keep], keep.nonzero().flatten())
         for r in range(rows):
-            codon_ids = ids[r, 1:int(lengths[r])].tolist()  # after <cls>, up to <eos>
-            seq = vocab.decode(codon_ids)
-            out.append(Generated(seq, len(codon_ids), bool(ended[r])))
+            seq = prefix + vocab.decode(sampled[r])
+            out.append(Generated(seq, len(seq) // 3, ended[r]))
         bar.update(rows)
     bar.close()
     return out
