@@ -12,6 +12,7 @@ COMMANDS = {
     "prep": "data_prep.prep",
     "verify": "data_prep.verify",
     "train": "helm_scale.trainer",
+    "export": "helm_scale.export",
     "generate": "helm_scale.evaluate.generate_cmd",
     "eval": "helm_scale.evaluate.eval_cmd",
 }

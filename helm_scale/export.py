@@ -1,7 +1,8 @@
-"""Consolidated, framework-free model exports: ``helm-scale export RUN [--step N] [-o DIR]``.
+"""Export a checkpoint as consolidated weights anyone can load on one device.
 
-An export is a directory anyone can load on one device, with no process group,
-megatron-core or DeepSpeed, and nothing unpickled:
+``helm-scale export RUN [--step N] [-o DIR]`` turns a training checkpoint (any backend,
+DP or TP layout) into a directory that loads with no process group, megatron-core or
+DeepSpeed, and nothing unpickled:
 
     model.safetensors   full fp32 weights, named as helm_scale.plain_model.PlainTransformer
     config.yaml         the resolved training configuration
@@ -9,33 +10,28 @@ megatron-core or DeepSpeed, and nothing unpickled:
     tree.json           the codon tree the loss used
     export.json         format, step, source checkpoint, sha256 of every file above
 
+    export_run(run_dir, step=None, out=None) -> Path
     save_export(out_dir, state_dict, train_config, step, source="") -> Path
     load_exported(path, device="cpu") -> Exported(model, config, vocab, tree, step)
 """
 from __future__ import annotations
 
-import hashlib
+import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from helm_scale.checkpoint.store import CheckpointStore, sha256_file
 from helm_scale.codon import CodonTree, Vocabulary, build_tree
 
 FORMAT = "helm-scale-export/1"
 EXPORT_FILES = ("model.safetensors", "config.yaml", "vocab.json", "tree.json")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -102,3 +98,49 @@ def load_exported(path, device="cpu") -> Exported:
     model = build_plain_model(config.model)
     model.load_state_dict(load_file(root / "model.safetensors"), strict=True)
     return Exported(model.to(device).eval(), config, vocab, tree, int(meta["step"]))
+
+
+def export_run(run_dir, step: int | None = None, out=None) -> Path:
+    """Consolidate checkpoint ``step`` (default: the newest good one) of a run directory."""
+    from helm_scale.checkpoint import full_weights
+    from helm_scale.config_io import from_dict
+    from helm_scale.train_config import TrainConfig
+    run = Path(run_dir)
+    store = CheckpointStore(run / "checkpoints")
+    if not store.steps():
+        raise FileNotFoundError(f"{run} has no checkpoints ({store.root} is empty or missing)")
+    if step is None:
+        step = store.newest_good(report=lambda text: print(text, file=sys.stderr))
+        if step is None:
+            raise ValueError(f"every checkpoint in {store.root} is damaged")
+    elif step not in store.steps():
+        raise FileNotFoundError(f"{run} has no checkpoint at step {step}; it has {store.steps()}")
+    elif found := store.problems(step):
+        raise ValueError(f"checkpoint {store.path(step)} is damaged: " + "; ".join(found[:3]))
+    meta = store.read_meta(step)
+    config = from_dict(TrainConfig, meta["config"])
+    weights = full_weights(store.path(step))
+    from helm_scale.plain_model import build_plain_model
+    expected = build_plain_model(config.model).state_dict()
+    if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
+        raise ValueError(f"checkpoint {store.path(step)} does not hold the weights of its own model config")
+    return save_export(out or run / "export" / store.dir_name(step), weights, config, step,
+                       source=str(store.path(step)))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN", help="a training run directory (run.run_dir)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest good one)")
+    p.add_argument("-o", "--output", default=None, help="export directory (default: RUN/export/step-N)")
+
+
+def run(args) -> int:
+    import warnings
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    try:
+        out = export_run(args.run_dir, args.step, args.output)
+    except (FileNotFoundError, FileExistsError, ValueError, NotImplementedError) as e:
+        print(f"helm-scale export: {e}", file=sys.stderr)
+        return 2
+    print(f"exported to {out}: load it with helm_scale.export.load_exported({str(out)!r})")
+    return 0

@@ -106,6 +106,17 @@ class _Block(nn.Module):
         return x + self._residual(self.fc2(F.gelu(h, approximate="tanh")))
 
 
+def _drop_empty_extra_state(module, state_dict, prefix, local_metadata) -> None:
+    for key in [k for k, v in state_dict.items() if k.endswith("._extra_state") and v is None]:
+        del state_dict[key]
+
+
+def _restore_empty_extra_state(module, state_dict, prefix, *args) -> None:
+    for name, sub in module.named_modules(prefix=prefix.rstrip(".")):
+        if type(sub).get_extra_state is not nn.Module.get_extra_state:
+            state_dict.setdefault(f"{name}._extra_state", None)
+
+
 class HelmTransformer(nn.Module):
     def __init__(self, config: ModelConfig, *, sequence_parallel: bool = False):
         super().__init__()
@@ -131,6 +142,11 @@ class HelmTransformer(nn.Module):
         self.head = tensor_parallel.ColumnParallelLinear(
             h, config.padded_vocab_size, config=mp, init_method=init, bias=False,
             skip_weight_param_allocation=config.tie_embeddings)
+        # megatron's linears report an extra state (Transformer Engine's fp8 metadata) that is
+        # always None here: leave it out of state dicts so that checkpoints hold tensors only
+        # (DeepSpeed's universal conversion fails on a None, DCP would pickle it).
+        self.register_state_dict_post_hook(_drop_empty_extra_state)
+        self.register_load_state_dict_pre_hook(_restore_empty_extra_state)
 
     def embedding_parameter_names(self) -> set[str]:
         """Parameters that are lookup tables (the optimizer may exempt them from decay)."""

@@ -7,6 +7,7 @@ the devices' peak (RunConfig.peak_tflops_per_device, or the dense bf16 peak of k
 """
 from __future__ import annotations
 
+import json
 import math
 import resource
 import sys
@@ -48,6 +49,9 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.tb_dir))
         self._last_time, self._last_tokens = time.perf_counter(), 0
+        # Every logged value, one JSON object per line, appended across restarts: exact
+        # floats for comparing runs (a resumed step appears again after the original).
+        self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a") if enabled else None
 
     def throughput(self, total_tokens: int) -> dict[str, float]:
         now = time.perf_counter()
@@ -62,6 +66,9 @@ class RunLogger:
         return out
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps({"kind": prefix, "step": step, **values}) + "\n")
+            self.jsonl.flush()
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
@@ -83,6 +90,8 @@ class RunLogger:
                   f"start/stop acc {m['start_stop_accuracy']:.3f}")
 
     def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
         if self.writer is not None:
             self.writer.close()
         sys.stdout.flush()

@@ -57,10 +57,18 @@ class RunConfig:
     eval_batches: int = 20            # micro-batches per rank per evaluation
     tensorboard: bool = True
     peak_tflops_per_device: float | None = None  # for MFU; None: known GPUs only
+    checkpoint_interval: int = 1000   # optimizer steps between checkpoints; 0: only at the end
+    keep_last: int = 2                # checkpoints kept, plus every keep_every-th step
+    keep_every: int = 0
+    resume: str = "auto"              # "auto": newest good checkpoint in run_dir, else fresh;
+                                      # "none"; or a run directory / checkpoint directory
+    verify_checksums: bool = True     # sha256 of every file before resuming (sizes always)
 
     def __post_init__(self):
         if self.log_interval < 1 or self.eval_interval < 0 or self.eval_batches < 1:
             raise ValueError("need log_interval >= 1, eval_interval >= 0, eval_batches >= 1")
+        if self.checkpoint_interval < 0 or self.keep_last < 1 or self.keep_every < 0:
+            raise ValueError("need checkpoint_interval >= 0, keep_last >= 1, keep_every >= 0")
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,9 @@ class TrainConfig:
         if not (Path(self.data.dataset_dir) / MANIFEST).is_file():
             raise ConfigError(f"data.dataset_dir {self.data.dataset_dir} has no {MANIFEST}: "
                               "run helm-scale prep first")
+        if self.run.resume not in ("auto", "none") and not Path(self.run.resume).exists():
+            raise ConfigError(f"run.resume={self.run.resume!r} is neither auto, none nor an existing "
+                              "run or checkpoint directory")
         if self.parallel.sequence_parallel and self.data.seq_len % tp:
             raise ConfigError(f"sequence_parallel needs data.seq_len divisible by TP {tp}")
         dp = world_size // tp

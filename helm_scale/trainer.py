@@ -60,6 +60,7 @@ def _add(total: dict, sums: dict) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
+        from helm_scale.checkpoint import Checkpointer
         from helm_scale.codon import Vocabulary
         from helm_scale.data import LoaderConfig, build_loader
         from helm_scale.losses import LossConfig, build_loss
@@ -70,6 +71,17 @@ class Trainer:
         self.cfg = cfg
         self.state = init_parallel(cfg.parallel)
         self.vocab = Vocabulary.default()
+        self.run_dir = Path(cfg.run.run_dir)
+        if self.state.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = RunLogger(str(self.run_dir), self.state.is_main, cfg.run.tensorboard,
+                             cfg.model.flops_per_token(cfg.data.seq_len), self.state.world_size,
+                             device_peak_tflops(cfg.run.peak_tflops_per_device))
+        # Decided before the engine exists: DeepSpeed must know whether it loads universally.
+        self.checkpointer = Checkpointer(cfg, self.state, self.log.line)
+        point = self.checkpointer.find()
+        if point is not None:
+            point = self.checkpointer.check_resumable(point)
         model = build_model(cfg.model, sequence_parallel=cfg.parallel.sequence_parallel)
         self.engine = build_engine(model, cfg.optim, cfg.parallel, self.state)
         self.loss_fn = build_loss(cfg.loss, self.vocab, cfg.model.padded_vocab_size)
@@ -82,15 +94,18 @@ class Trainer:
             pack=d.pack, mask_prob=d.mask_prob, mask_replace_ratios=tuple(d.mask_replace_ratios),
             num_workers=d.num_workers)
         self.loader = build_loader(self.loader_cfg, self.state.dp_rank, self.state.dp_size)
-        self.run_dir = Path(cfg.run.run_dir)
+        self.step, self.input_tokens, self.saved_step = 0, 0, None
+        self._batches, self._window = None, {}
+        if point is not None and point.step >= cfg.schedule.max_steps:
+            self.step = point.step  # finished: fit() says so, nothing to load
+        elif point is not None:
+            meta, rank_extra = self.checkpointer.load(point, self.engine)
+            self.loader.load_state_dict(meta["loader"])
+            self.step = self.saved_step = meta["step"]
+            self.input_tokens = meta["trainer"]["input_tokens"]
+            self._window = rank_extra.get("window", {})
         if self.state.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        self.log = RunLogger(str(self.run_dir), self.state.is_main, cfg.run.tensorboard,
-                             cfg.model.flops_per_token(d.seq_len), self.state.world_size,
-                             device_peak_tflops(cfg.run.peak_tflops_per_device))
-        self.step, self.input_tokens = 0, 0
-        self._batches = None
 
     def _next_batch(self) -> dict:
         """The loader yields the rest of an epoch per iteration; the next starts a new epoch."""
@@ -158,34 +173,68 @@ class Trainer:
         metrics["perplexity"] = math.exp(min(metrics["cross_entropy"], 50.0))
         return metrics
 
+    def save(self) -> None:
+        """Collective: a checkpoint of this step (see helm_scale.checkpoint)."""
+        self.checkpointer.save(self.step, self.engine, self.loader.state_dict(),
+                               {"input_tokens": self.input_tokens}, {"window": self._window})
+        self.saved_step = self.step
+
+    def _log_train(self, grad_norm) -> dict:
+        from helm_scale.losses.metrics import metric_means
+        cfg = self.cfg
+        reduced = self._reduce(self._window)
+        self.input_tokens += int(reduced["input_tokens"])
+        metrics = {k: float(v) for k, v in metric_means(reduced).items()}
+        metrics.update(self.log.throughput(self.input_tokens), lr=lr_at(self.step - 1, cfg.optim.lr, cfg.schedule),
+                       grad_norm=float("nan") if grad_norm is None else float(grad_norm))
+        self.log.train_line(self.step, cfg.schedule.max_steps, metrics)
+        self.log.scalars("train", metrics, self.step)
+        self._window = {}
+        return metrics
+
     def fit(self) -> dict:
+        """Train to schedule.max_steps from wherever the checkpoint left off. Returns the
+        summary; ``summary["signal"]`` is set if a signal stopped the run after saving."""
+        from helm_scale.checkpoint import SaveOnSignal
         cfg, started = self.cfg, time.perf_counter()
+        max_steps = cfg.schedule.max_steps
         dp, gb = self.state.dp_size, cfg.global_batch_size(self.state.dp_size)
+        if self.step >= max_steps:
+            self.log.line(f"run {self.run_dir} already finished: its checkpoint is at step {self.step} "
+                          f"of schedule.max_steps {max_steps}; raise max_steps to train further")
+            self.log.close()
+            return {"steps": self.step, "already_finished": True}
         self.log.line(f"training {cfg.model.num_parameters():,} parameters | world {self.state.world_size} = "
                       f"TP {self.state.tp_size} x DP {dp} | {cfg.parallel.backend} zero {cfg.parallel.zero_stage} | "
-                      f"global batch {gb} rows | {self.loader.steps_per_epoch:,} micro-steps per epoch")
-        window, last_train, last_eval = {}, {}, None
-        while self.step < cfg.schedule.max_steps:
+                      f"global batch {gb} rows | {self.loader.steps_per_epoch:,} micro-steps per epoch"
+                      + (f" | resuming at step {self.step}" if self.step else ""))
+        on_signal = SaveOnSignal(self.state.device)
+        last_train, last_eval, signum = {}, None, 0
+        while self.step < max_steps:
             sums, grad_norm = self.train_step()
-            _add(window, {k: torch.as_tensor(v) for k, v in sums.items()})
-            if self.step % cfg.run.log_interval == 0 or self.step == cfg.schedule.max_steps:
-                from helm_scale.losses.metrics import metric_means
-                reduced = self._reduce(window)
-                self.input_tokens += int(reduced["input_tokens"])
-                last_train = {k: float(v) for k, v in metric_means(reduced).items()}
-                last_train.update(self.log.throughput(self.input_tokens), lr=lr_at(self.step - 1, cfg.optim.lr, cfg.schedule),
-                                  grad_norm=float("nan") if grad_norm is None else float(grad_norm))
-                self.log.train_line(self.step, cfg.schedule.max_steps, last_train)
-                self.log.scalars("train", last_train, self.step)
-                window = {}
-            if (cfg.run.eval_interval and self.step % cfg.run.eval_interval == 0) or self.step == cfg.schedule.max_steps:
+            _add(self._window, {k: torch.as_tensor(v) for k, v in sums.items()})
+            if self.step % cfg.run.log_interval == 0 or self.step == max_steps:
+                last_train = self._log_train(grad_norm)
+            if (cfg.run.eval_interval and self.step % cfg.run.eval_interval == 0) or self.step == max_steps:
                 last_eval = self.evaluate()
                 if last_eval:
                     self.log.eval_line(self.step, last_eval)
                     self.log.scalars("eval", last_eval, self.step)
+            interval = cfg.run.checkpoint_interval
+            if (interval and self.step % interval == 0) or self.step == max_steps:
+                self.save()
+            signum = on_signal.agreed()
+            if signum:
+                if self.saved_step != self.step:
+                    self.save()
+                self.log.line(f"signal {signum} received: saved step {self.step}, exiting; "
+                              "run the same command again to continue")
+                break
         summary = {"steps": self.step, "seconds": time.perf_counter() - started, "train": last_train,
                    "eval": last_eval, "tensorboard": str(self.log.tb_dir)}
-        if self.state.is_main:
+        if signum:
+            summary["signal"] = signum
+        elif self.state.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
             self.log.line(f"done: {self.step} steps in {summary['seconds']:.1f} s; "
                           f"TensorBoard logs in {self.log.tb_dir} (tensorboard --logdir {self.log.tb_dir})")
@@ -221,7 +270,14 @@ def run(args) -> int:
         print(f"helm-scale train: config error: {e}", file=sys.stderr)
         return 2
     _single_process_env()
+    from helm_scale.checkpoint import ResumeError
     from helm_scale.parallel import shutdown
-    Trainer(cfg).fit()
-    shutdown(0)  # barrier, flush, os._exit: avoids gloo's abort at interpreter exit
+    try:
+        summary = Trainer(cfg).fit()
+    except ResumeError as e:
+        print(f"helm-scale train: cannot resume: {e}", file=sys.stderr)
+        shutdown(2)
+    # barrier, flush, os._exit: avoids gloo's abort at interpreter exit. After a signal the
+    # exit status says the run stopped early (128 + signal, as the shell reports it).
+    shutdown(128 + summary["signal"] if "signal" in summary else 0)
     return 0

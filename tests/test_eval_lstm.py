@@ -67,7 +67,6 @@ def test_an_exported_lstm_loads_scores_and_generates(tmp_path):
 def _train_lstm(rank, world_size, dataset, run_dir):
     import warnings
     warnings.filterwarnings("ignore")
-    from helm_scale.export import save_export
     from helm_scale.trainer import Trainer
     cfg = load_train_config(LSTM, [f"data.dataset_dir={dataset}", f"run.run_dir={run_dir}", "data.num_workers=0",
                                    "model.num_layers=1", "model.hidden_size=64", "model.num_heads=2",
@@ -79,9 +78,6 @@ def _train_lstm(rank, world_size, dataset, run_dir):
     trainer = Trainer(cfg)
     before = trainer.evaluate()
     summary = trainer.fit()
-    state = trainer.engine.full_state_dict()
-    if rank == 0:
-        save_export(Path(run_dir) / "export", state, cfg, trainer.step)
     return {"before": before, "after": summary["eval"]}
 
 
@@ -93,7 +89,9 @@ def test_the_trainer_trains_an_lstm_and_its_export_evaluates(tmp_path):
     # Synthetic codons are drawn independently from a usage table: the best model knows that
     # table (about 3.95 nats per codon against 4.28 for the uniform start).
     assert after["cross_entropy"] < before["cross_entropy"] - 0.2, (before, after)
-    exported = load_exported(tmp_path / "run" / "export")
+    # Through the checkpoint the trainer wrote at its last step and `helm-scale export`.
+    assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "export")]) == 0
+    exported = load_exported(tmp_path / "export")
     assert isinstance(exported.model, LstmLM) and exported.step == 60
     out = evaluate_intrinsic(exported, dataset, "test", progress=False)
     assert out["cross_entropy"] == pytest.approx(after["cross_entropy"], abs=0.05)

@@ -5,31 +5,15 @@ from pathlib import Path
 import pytest
 
 from data_prep.policy import RecordPolicy
-from data_prep.prep import PrepConfig, SplitPolicy, run_prep
-from data_prep.synth import generate, write_fasta
 from helm_scale.cli import main
 from helm_scale.train_config import ScheduleConfig
 from helm_scale.trainer import lr_at
 from tests.dist_utils import run_ranks
+from tests.train_fixtures import make_dataset, synthetic_dataset  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "corpus"
 TINY = str(ROOT / "configs" / "tiny.yaml")
-
-
-def _dataset(root: Path, fasta_records, policy=RecordPolicy()) -> str:
-    out = root / "shards"
-    run_prep(PrepConfig(inputs=[str(f) for f in fasta_records], output=str(out), workers=1, progress=False,
-                        policy=policy, split=SplitPolicy(val_fraction=0.05, test_fraction=0.0),
-                        shard_bytes=1 << 20))
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def synthetic_dataset(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("train")
-    write_fasta(root / "corpus.fa", generate(1500, seed=5, median_codons=60, min_codons=20, defect_rate=0))
-    return _dataset(root, [root / "corpus.fa"])
 
 
 def test_lr_warms_up_then_decays_to_min_lr():
@@ -107,7 +91,7 @@ def test_every_backend_trains_through_the_trainer(synthetic_dataset, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/corpus is absent (real data is not part of the repo)")
 def test_clm_and_mlm_learn_real_antibody_sequences(tmp_path):
-    dataset = _dataset(tmp_path, [SHARED / "antibody_heavy_chains.fasta.gz"], RecordPolicy(frame="trim"))
+    dataset = make_dataset(tmp_path, [SHARED / "antibody_heavy_chains.fasta.gz"], RecordPolicy(frame="trim"))
     common = ["schedule.max_steps=120", "schedule.warmup_steps=10", "run.eval_interval=0", "run.log_interval=40",
               "data.seq_len=128", "data.micro_batch_size=16"]
     clm, mlm = run_ranks(_train, 2, dataset, str(tmp_path / "runs"),

@@ -149,6 +149,10 @@ class ResumableLoader:
                                       num_workers=workers, pin_memory=pin,
                                       prefetch_factor=cfg.prefetch_factor if workers else None,
                                       persistent_workers=workers > 0,
+                                      # Its own generator: the DataLoader draws a worker seed per
+                                      # iterator, which must not move the trainer's global RNG
+                                      # (dropout would then differ after a resume).
+                                      generator=torch.Generator().manual_seed(cfg.seed),
                                       multiprocessing_context=cfg.worker_start_method if workers else None)
         if self.steps_in_epoch(0) == 0:
             raise ValueError(f"split {cfg.split!r} has {dataset.plan(0).num_rows} rows, fewer than "

@@ -1,6 +1,6 @@
 """Parallelism applied outside the model: process groups, engines, optimizer settings.
 
-  init_parallel(cfg: ParallelConfig, timeout_s=600.0) -> ParallelState
+  init_parallel(cfg: ParallelConfig) -> ParallelState
   build_engine(model, optim_cfg: OptimizerConfig, cfg: ParallelConfig, state) -> Engine
   Engine: __call__(...) -> logits_shard, backward(loss), step() -> StepResult(stepped, grad_norm),
           zero_grad(), set_lr(lr), train()/eval(), full_state_dict(); attributes module,

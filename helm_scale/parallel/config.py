@@ -22,6 +22,7 @@ class ParallelConfig:
     accumulation_steps: int = 1
     precision: str = "fp32"
     seed: int = 1234
+    timeout_s: float = 600.0  # a collective waiting longer (a dead or hung peer) fails the job
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -32,6 +33,8 @@ class ParallelConfig:
             raise ValueError(f"tensor_parallel must be an int >= 1, got {self.tensor_parallel!r}")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise ValueError("sequence_parallel shards the sequence over TP ranks: it needs tensor_parallel > 1")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s!r}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
         if self.zero_stage and self.backend != "deepspeed":

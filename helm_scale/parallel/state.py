@@ -58,14 +58,14 @@ def set_seed(seed: int) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
-def init_parallel(cfg: ParallelConfig, timeout_s: float = 600.0) -> ParallelState:
+def init_parallel(cfg: ParallelConfig) -> ParallelState:
     """Build the TP x DP layout on the default group (initialised from torchrun's
     environment if the caller has not done it). Re-initialises megatron's groups if they
     exist, so one process group can host several layouts one after the other."""
     device = _device()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+                                timeout=datetime.timedelta(seconds=cfg.timeout_s))
     if device.type == "cuda":
         # megatron's TP layers overlap their all-reduce with the weight-gradient GEMM only if
         # kernels run in launch order; it must be set before the CUDA context exists.
