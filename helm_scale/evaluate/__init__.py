@@ -17,7 +17,9 @@ Function API (every name importable from ``helm_scale.evaluate``; modules load l
     read_sequences(path_or_shard_dir, split="test") -> list[str]                     sequences.py
 
 ``exported`` is what ``helm_scale.export.load_exported(path)`` returns. Commands:
-``helm-scale eval {intrinsic,generation,mutation,ngram}`` and ``helm-scale generate``.
+``helm-scale eval {intrinsic,generation,mutation,ngram,downstream,annotate}`` and
+``helm-scale generate``. Downstream property prediction (TextCNN and ridge probes) lives
+in downstream.py / probes.py / report.py, antibody region annotation in annotation.py.
 """
 from __future__ import annotations
 

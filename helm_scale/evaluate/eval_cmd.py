@@ -1,4 +1,4 @@
-"""Evaluate exported models and baselines: intrinsic, generation, mutation, ngram.
+"""Evaluate exported models and baselines: intrinsic, generation, mutation, ngram, downstream, annotate.
 
   helm-scale eval intrinsic EXPORT --data SHARD_DIR [--split test] [--max-batches N]
       loss, perplexity (true codon cross-entropy), per-level HXE terms, codon and
@@ -15,10 +15,12 @@
       deletions, substitutions or swaps, by lower per-nucleotide perplexity
 
 Each prints one JSON object on stdout (and writes it to -o FILE); bad input exits with 2.
+`eval downstream` and `eval annotate` (downstream.py, annotation.py) write their own tables.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
@@ -97,6 +99,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--device", default="cpu")
     _common(q)
     q.set_defaults(_eval=_mutation)
+
+    # Property prediction and region annotation: their modules own their arguments and run().
+    for name, module_name in (("downstream", "helm_scale.evaluate.downstream"),
+                              ("annotate", "helm_scale.evaluate.annotation")):
+        module = importlib.import_module(module_name)
+        doc = (module.__doc__ or "").strip()
+        q = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(q)
+        q.set_defaults(_run=module.run)
 
 
 def _load_export(path: str, device: str):
@@ -212,6 +224,8 @@ def _mutation(args) -> dict:
 
 
 def run(args) -> int:
+    if hasattr(args, "_run"):
+        return args._run(args)
     from helm_scale.evaluate.sequences import EvalInputError
     try:
         result = args._eval(args)
