@@ -64,7 +64,7 @@ class Trainer:
         from helm_scale.codon import Vocabulary
         from helm_scale.data import LoaderConfig, build_loader
         from helm_scale.losses import LossConfig, build_loss
-        from helm_scale.model import HelmTransformer
+        from helm_scale.model import build_model
         from helm_scale.observe import RunLogger, device_peak_tflops
         from helm_scale.parallel import build_engine, init_parallel
 
@@ -82,7 +82,7 @@ class Trainer:
         point = self.checkpointer.find()
         if point is not None:
             point = self.checkpointer.check_resumable(point)
-        model = HelmTransformer(cfg.model, sequence_parallel=cfg.parallel.sequence_parallel)
+        model = build_model(cfg.model, sequence_parallel=cfg.parallel.sequence_parallel)
         self.engine = build_engine(model, cfg.optim, cfg.parallel, self.state)
         self.loss_fn = build_loss(cfg.loss, self.vocab, cfg.model.padded_vocab_size)
         # True codon cross-entropy for perplexity, whatever the training objective.
