@@ -36,7 +36,7 @@ EXPORT_FILES = ("model.safetensors", "config.yaml", "vocab.json", "tree.json")
 
 @dataclass
 class Exported:
-    model: torch.nn.Module  # PlainTransformer, eval mode
+    model: torch.nn.Module  # PlainTransformer (LstmLM for model.arch lstm), eval mode
     config: object          # TrainConfig
     vocab: Vocabulary
     tree: CodonTree
@@ -77,7 +77,7 @@ def load_exported(path, device="cpu") -> Exported:
     """Verify an export's checksums and build its PlainTransformer on ``device``."""
     from safetensors.torch import load_file
 
-    from helm_scale.plain_model import PlainTransformer
+    from helm_scale.plain_model import build_plain_model
     from helm_scale.train_config import load_train_config
     root = Path(path)
     meta_path = root / "export.json"
@@ -95,7 +95,7 @@ def load_exported(path, device="cpu") -> Exported:
         raise ValueError(f"{root}: the export's vocabulary differs from this helm_scale's")
     tree = CodonTree.from_dict(json.loads((root / "tree.json").read_text()))
     config = load_train_config(str(root / "config.yaml"))
-    model = PlainTransformer(config.model)
+    model = build_plain_model(config.model)
     model.load_state_dict(load_file(root / "model.safetensors"), strict=True)
     return Exported(model.to(device).eval(), config, vocab, tree, int(meta["step"]))
 
@@ -120,8 +120,8 @@ def export_run(run_dir, step: int | None = None, out=None) -> Path:
     meta = store.read_meta(step)
     config = from_dict(TrainConfig, meta["config"])
     weights = full_weights(store.path(step))
-    from helm_scale.plain_model import PlainTransformer
-    expected = PlainTransformer(config.model).state_dict()
+    from helm_scale.plain_model import build_plain_model
+    expected = build_plain_model(config.model).state_dict()
     if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
         raise ValueError(f"checkpoint {store.path(step)} does not hold the weights of its own model config")
     return save_export(out or run / "export" / store.dir_name(step), weights, config, step,

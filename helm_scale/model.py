@@ -12,6 +12,8 @@ Public API:
       .forward(input_ids, position_ids=None, segment_ids=None, padding_mask=None)
       -> logits_shard [b, s, padded_vocab_size / TP]: this TP rank's contiguous vocab slice,
          the input of helm_scale.losses (never gathered). No loss in the model.
+  build_model(config, sequence_parallel=False)  what the trainer builds: HelmTransformer, or
+      helm_scale.lstm.LstmLM when config.arch == "lstm" (TP 1 only)
 
 megatron's parallel state must be initialised first (helm_scale.parallel.init_parallel);
 weights are always initialised on the CPU from the default generator, so one seed gives
@@ -31,7 +33,7 @@ from torch import nn
 from helm_scale.model_config import DTYPES, ModelConfig, pad_vocab
 from helm_scale.plain_model import build_attention_mask, rotary_tables, rotate
 
-__all__ = ["HelmTransformer", "ModelConfig", "build_attention_mask", "pad_vocab"]
+__all__ = ["HelmTransformer", "ModelConfig", "build_attention_mask", "build_model", "pad_vocab"]
 
 
 class _LayerNorm(nn.LayerNorm):
@@ -177,3 +179,12 @@ class HelmTransformer(nn.Module):
         weight = self.word_embeddings.weight if self.config.tie_embeddings else None
         logits, _ = self.head(self.final_norm(x), weight=weight)  # [s, b, V/TP]; gathers s under SP
         return logits.transpose(0, 1).contiguous()
+
+
+def build_model(config: ModelConfig, sequence_parallel: bool = False) -> nn.Module:
+    """The training model ``config.arch`` names (after init_parallel, like HelmTransformer)."""
+    if config.arch == "lstm":
+        from helm_scale.lstm import LstmLM
+        config.validate_for_tp(parallel_state.get_tensor_model_parallel_world_size())
+        return LstmLM(config)
+    return HelmTransformer(config, sequence_parallel=sequence_parallel)

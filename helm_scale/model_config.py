@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ARCHS = ("transformer", "lstm")  # lstm: the recurrent baseline (helm_scale.lstm), TP 1 only
 
 
 def pad_vocab(vocab_size: int, tp: int = 1, multiple: int = 8) -> int:
@@ -33,6 +34,7 @@ class ModelConfig:
     params_dtype: str = "fp32"  # "fp32" | "bf16"
     layernorm_eps: float = 1e-5
     rotary_base: float = 10000.0
+    arch: str = "transformer"  # "transformer" | "lstm" (num_layers x hidden_size LSTM; heads, ffn unused)
 
     def __post_init__(self):
         if self.padded_vocab_size is None:
@@ -55,6 +57,10 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.params_dtype not in DTYPES:
             raise ValueError(f"params_dtype must be one of {sorted(DTYPES)}, got {self.params_dtype!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch == "lstm" and self.attention != "causal":
+            raise ValueError("arch 'lstm' is a left-to-right model: it needs attention = 'causal'")
 
     @property
     def head_dim(self) -> int:
@@ -62,14 +68,19 @@ class ModelConfig:
 
     def validate_for_tp(self, tp: int) -> None:
         """Raise if this model cannot be split over ``tp`` tensor-parallel ranks."""
+        if self.arch == "lstm" and tp != 1:
+            raise ValueError(f"arch 'lstm' has no tensor-parallel form: it needs tensor_parallel = 1, got {tp}")
         for key in ("num_heads", "ffn_hidden_size", "padded_vocab_size"):
             if getattr(self, key) % tp:
                 hint = f"; use pad_vocab({self.vocab_size}, tp={tp})" if key == "padded_vocab_size" else ""
                 raise ValueError(f"{key} = {getattr(self, key)} is not divisible by tensor_parallel = {tp}{hint}")
 
     def num_parameters(self, include_embeddings: bool = True) -> int:
-        """Exact parameter count of HelmTransformer (all TP ranks together)."""
+        """Exact parameter count of HelmTransformer (all TP ranks together), or of LstmLM."""
         h, f = self.hidden_size, self.ffn_hidden_size
+        if self.arch == "lstm":  # per layer: W_ih, W_hh (4h x h each) and two 4h biases
+            n = self.num_layers * (8 * h * h + 8 * h) + (0 if self.tie_embeddings else self.padded_vocab_size * h)
+            return n + (self.padded_vocab_size * h if include_embeddings else 0)
         per_layer = 2 * h + (3 * h * h + 3 * h) + (h * h + h) + 2 * h + (h * f + f) + (f * h + h)
         n = self.num_layers * per_layer + 2 * h
         if not self.tie_embeddings:
@@ -87,5 +98,7 @@ class ModelConfig:
         times 3 with the backward). Causal masking is not discounted (PaLM convention).
         """
         h, f, L = self.hidden_size, self.ffn_hidden_size, self.num_layers
+        if self.arch == "lstm":  # 8h^2 matmul weights per layer and the head; no attention
+            return 6.0 * (L * 8 * h * h + self.padded_vocab_size * h)
         matmul_params = L * (4 * h * h + 2 * h * f) + self.padded_vocab_size * h
         return 6.0 * matmul_params + 12.0 * L * h * seq_len

@@ -10,6 +10,7 @@ state dict; tests check that both give the same logits.
           -> logits [b, s, padded_vocab_size]
       .hidden_states(same arguments) -> [b, s, hidden_size], after the final norm
   build_attention_mask, rotary_tables, rotate: shared with the tensor-parallel model
+  build_plain_model(config) -> PlainTransformer, or helm_scale.lstm.LstmLM for arch "lstm"
 """
 from __future__ import annotations
 
@@ -118,3 +119,11 @@ class PlainTransformer(nn.Module):
         x = self.hidden_states(input_ids, position_ids, segment_ids, padding_mask)
         weight = self.word_embeddings.weight if self.config.tie_embeddings else self.head.weight
         return F.linear(x, weight)
+
+
+def build_plain_model(config: ModelConfig) -> nn.Module:
+    """The single-device model for ``config.arch`` (what an export loads into)."""
+    if config.arch == "lstm":
+        from helm_scale.lstm import LstmLM
+        return LstmLM(config)
+    return PlainTransformer(config)

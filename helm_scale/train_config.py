@@ -98,6 +98,9 @@ class TrainConfig:
         wanted = "causal" if self.data.objective == "clm" else "bidirectional"
         if self.model.attention != wanted:
             raise ConfigError(f"data.objective {self.data.objective} needs model.attention={wanted}")
+        if self.model.arch == "lstm" and self.data.pack:
+            raise ConfigError("model.arch lstm cannot take packed rows (its state would flow from one "
+                              "sequence into the next): set data.pack=false")
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(f"data.seq_len {self.data.seq_len} exceeds model.max_seq_len "
                               f"{self.model.max_seq_len}")

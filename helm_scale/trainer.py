@@ -64,7 +64,7 @@ class Trainer:
         from helm_scale.codon import Vocabulary
         from helm_scale.data import LoaderConfig, build_loader
         from helm_scale.losses import LossConfig, build_loss
-        from helm_scale.model import HelmTransformer
+        from helm_scale.model import build_model
         from helm_scale.observe import RunLogger, device_peak_tflops
         from helm_scale.parallel import build_engine, init_parallel
 
@@ -82,7 +82,7 @@ class Trainer:
         point = self.checkpointer.find()
         if point is not None:
             point = self.checkpointer.check_resumable(point)
-        model = HelmTransformer(cfg.model, sequence_parallel=cfg.parallel.sequence_parallel)
+        model = build_model(cfg.model, sequence_parallel=cfg.parallel.sequence_parallel)
         self.engine = build_engine(model, cfg.optim, cfg.parallel, self.state)
         self.loss_fn = build_loss(cfg.loss, self.vocab, cfg.model.padded_vocab_size)
         # True codon cross-entropy for perplexity, whatever the training objective.
@@ -272,11 +272,18 @@ def run(args) -> int:
     _single_process_env()
     from helm_scale.checkpoint import ResumeError
     from helm_scale.parallel import shutdown
+    from helm_scale.parallel.errors import collective_failure
     try:
         summary = Trainer(cfg).fit()
     except ResumeError as e:
         print(f"helm-scale train: cannot resume: {e}", file=sys.stderr)
         shutdown(2)
+    except RuntimeError as e:  # a hung or dead peer: one line naming rank and operation
+        line = collective_failure(e, int(os.environ["RANK"]), cfg.parallel.timeout_s)
+        if line is None:
+            raise
+        print(line, file=sys.stderr, flush=True)
+        os._exit(1)  # no barrier and no interpreter shutdown: a peer is gone or hung
     # barrier, flush, os._exit: avoids gloo's abort at interpreter exit. After a signal the
     # exit status says the run stopped early (128 + signal, as the shell reports it).
     shutdown(128 + summary["signal"] if "signal" in summary else 0)

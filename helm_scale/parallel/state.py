@@ -79,7 +79,10 @@ def init_parallel(cfg: ParallelConfig) -> ParallelState:
         raise ValueError(f"tensor_parallel {cfg.tensor_parallel} does not divide world size {world}")
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=cfg.tensor_parallel)
+    # megatron's groups (TP; DP, which carries DDP's gradient all-reduce) have their own
+    # timeout, 30 minutes by default: a hung peer would stall them that long.
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=cfg.tensor_parallel,
+                                             distributed_timeout_minutes=cfg.timeout_s / 60)
     set_seed(cfg.seed)
     return ParallelState(
         rank=dist.get_rank(), world_size=world,

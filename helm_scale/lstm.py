@@ -1,0 +1,64 @@
+"""An LSTM language model over codons: the second seed's recurrent baseline, trained by our
+trainer (``model.arch: lstm``, see configs/lstm_baseline.yaml) and exported like the
+transformer.
+
+  LstmLM(config)
+      .forward(input_ids, position_ids=None, segment_ids=None, padding_mask=None)
+          -> logits [b, s, padded_vocab_size]
+      .hidden_states(same arguments) -> [b, s, hidden_size]   (the top LSTM layer's output)
+
+Embedding (width hidden_size) -> dropout -> ``num_layers`` stacked LSTM layers of
+``hidden_size`` units (dropout between them) -> dropout -> head, tied to the embedding
+when ``tie_embeddings``. Unidirectional, so causal LM only; position_ids are not needed
+(the recurrence knows the order) and padding on the right never reaches a real token.
+Packed rows (several sequences per row) would carry the state across sequences, so
+segment_ids are refused. Plain PyTorch, no tensor parallelism: it runs with
+tensor_parallel = 1 under DDP or DeepSpeed; the state dict is already the full one.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helm_scale.model_config import DTYPES, ModelConfig
+
+
+class LstmLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.arch != "lstm":
+            raise ValueError(f"LstmLM needs model.arch = 'lstm', got {config.arch!r}")
+        h, dtype = config.hidden_size, DTYPES[config.params_dtype]
+        self.config, self.sequence_parallel = config, False
+        self.word_embeddings = nn.Embedding(config.padded_vocab_size, h, dtype=dtype)
+        self.lstm = nn.LSTM(h, h, num_layers=config.num_layers, batch_first=True,
+                            dropout=config.dropout if config.num_layers > 1 else 0.0, dtype=dtype)
+        if not config.tie_embeddings:
+            self.head = nn.Linear(h, config.padded_vocab_size, bias=False, dtype=dtype)
+        with torch.no_grad():  # the transformer's embedding init; LSTM weights keep PyTorch's
+            nn.init.normal_(self.word_embeddings.weight, std=config.init_std)
+            if not config.tie_embeddings:
+                nn.init.normal_(self.head.weight, std=config.init_std)
+
+    def embedding_parameter_names(self) -> set[str]:
+        """Lookup tables the optimizer may exempt from weight decay."""
+        return {"word_embeddings.weight"}
+
+    def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                      segment_ids: torch.Tensor | None = None,
+                      padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if segment_ids is not None and bool((segment_ids.amax(dim=1) > 1).any()):
+            raise ValueError("LstmLM cannot take packed rows (its state would flow from one "
+                             "sequence into the next): set data.pack = false")
+        p = self.config.dropout if self.training else 0.0
+        x = F.dropout(self.word_embeddings(input_ids), p, self.training)
+        out, _ = self.lstm(x)
+        return F.dropout(out, p, self.training)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None,
+                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.hidden_states(input_ids, position_ids, segment_ids, padding_mask)
+        weight = self.word_embeddings.weight if self.config.tie_embeddings else self.head.weight
+        return F.linear(x, weight)
