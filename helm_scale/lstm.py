@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from helm_scale.model_config import DTYPES, ModelConfig
+from helm_scale.plain_model import LanguageModel
 
 
-class LstmLM(nn.Module):
+class LstmLM(LanguageModel):
     def __init__(self, config: ModelConfig):
         super().__init__()
         if config.arch != "lstm":
@@ -55,10 +56,3 @@ class LstmLM(nn.Module):
         x = F.dropout(self.word_embeddings(input_ids), p, self.training)
         out, _ = self.lstm(x)
         return F.dropout(out, p, self.training)
-
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-                segment_ids: torch.Tensor | None = None,
-                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.hidden_states(input_ids, position_ids, segment_ids, padding_mask)
-        weight = self.word_embeddings.weight if self.config.tie_embeddings else self.head.weight
-        return F.linear(x, weight)

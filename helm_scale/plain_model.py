@@ -83,7 +83,20 @@ class _Block(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
 
 
-class PlainTransformer(nn.Module):
+class LanguageModel(nn.Module):
+    """What every single-device model shares: logits are its hidden states times the
+    (tied or separate) output embedding. Subclasses define word_embeddings, head (if
+    untied) and hidden_states()."""
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None,
+                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.hidden_states(input_ids, position_ids, segment_ids, padding_mask)
+        weight = self.word_embeddings.weight if self.config.tie_embeddings else self.head.weight
+        return F.linear(x, weight)
+
+
+class PlainTransformer(LanguageModel):
     def __init__(self, config: ModelConfig):
         super().__init__()
         h, dtype = config.hidden_size, DTYPES[config.params_dtype]
@@ -112,13 +125,6 @@ class PlainTransformer(nn.Module):
         for layer in self.layers:
             x = layer(x, mask, is_causal, rotary)
         return self.final_norm(x)
-
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-                segment_ids: torch.Tensor | None = None,
-                padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.hidden_states(input_ids, position_ids, segment_ids, padding_mask)
-        weight = self.word_embeddings.weight if self.config.tie_embeddings else self.head.weight
-        return F.linear(x, weight)
 
 
 def build_plain_model(config: ModelConfig) -> nn.Module:

@@ -1,6 +1,7 @@
 """Helpers for the evaluation tests: tiny exports and a tiny prepared corpus."""
 from pathlib import Path
 
+import pytest
 import torch
 
 from data_prep.prep import PrepConfig, SplitPolicy, run_prep
@@ -36,3 +37,13 @@ def tiny_dataset(root: Path, records: int = 120, test_fraction: float = 0.3) -> 
 
 
 __all__ = ["load_exported", "tiny_dataset", "tiny_export"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These tensors are small: a second OpenMP thread gains nothing, and on a shared, busy
+    CPU its spin-waits made these tests 10-50x slower (measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

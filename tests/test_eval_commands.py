@@ -12,18 +12,11 @@ import torch
 from helm_scale.cli import main
 from helm_scale.codon import CODONS
 from helm_scale.evaluate.annotation import codon_labels
+from tests.eval_utils import one_torch_thread  # noqa: F401 (autouse fixture)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: a second OpenMP thread gains nothing, and on a shared, busy
-    CPU its spin-waits made these tests 10-50x slower (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

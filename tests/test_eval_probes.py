@@ -16,16 +16,7 @@ from helm_scale.evaluate.probes import (
     train_token_head,
 )
 from helm_scale.evaluate.scores import spearman
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: a second OpenMP thread gains nothing, and on a shared, busy
-    CPU its spin-waits made these tests 10-50x slower (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.eval_utils import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def _split(n):
