@@ -1,17 +1,18 @@
 """HELM's evaluation, reproduced end to end on CPU: XE vs HXE head-to-head.
 
-    prep corpus -> train XE and HXE (same model, data, budget) -> export -> downstream
-    table (four CodonBERT sets + E. coli protein abundance) -> antibody region annotation
-    -> [hook: generation metrics, n-gram / LSTM baselines, mutation task (eval-lm)]
+    prep corpus -> train XE and HXE (same model, data, budget) and the LSTM baseline ->
+    export -> downstream table (four CodonBERT sets + E. coli protein abundance) ->
+    antibody region annotation -> intrinsic metrics, generation and the mutation task for
+    every export, beside n-gram baselines (benchmarks/helm_eval_lm.py)
     -> benchmarks/results/helm_eval_cpu.{json,md,png}
 
 Every step is the public command line (recorded verbatim in the JSON and the Markdown);
 a step whose output is already there is skipped unless --redo names it, so an
 interrupted run resumes. The corpus is ../shared/data/corpus (antibody heavy chains +
-natural CDS, --frame trim); the configs are configs/compare/{xe,hxe}.yaml.
+natural CDS, --frame trim); the configs are configs/compare/{xe,hxe,lstm}.yaml.
 
 Usage:
-  python benchmarks/helm_eval.py                 # the full run (~20 min training, ~20 min eval)
+  python benchmarks/helm_eval.py                 # the full run (~30 min training, ~30 min eval)
   python benchmarks/helm_eval.py --random-baseline   # ... plus the untrained network for reference
   python benchmarks/helm_eval.py --quick         # a smoke test of the pipeline (minutes;
                                                  # writes helm_eval_quick.*, numbers meaningless)
@@ -34,7 +35,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from results_io import write_results  # beside this script
+from helm_eval_lm import (  # beside this script
+    collect,
+    lm_chains,
+    lm_markdown,
+    write_real_sample,
+)
+from results_io import write_results
 
 from helm_scale.evaluate.report import (
     bar_chart,
@@ -43,8 +50,9 @@ from helm_scale.evaluate.report import (
 )
 
 MODELS = ("xe", "hxe")
+BASELINE = "lstm"  # trained and exported like the pair, scored by the language-model metrics only
 HELM = [sys.executable, "-m", "helm_scale.cli"]
-STEPS = ("prep", "train", "export", "downstream", "annotate")
+STEPS = ("prep", "train", "export", "downstream", "annotate", "lm")
 
 
 def parse_args():
@@ -60,7 +68,8 @@ def parse_args():
     p.add_argument("--random-baseline", action="store_true",
                    help="also evaluate the same network untrained (seeded N(0, 0.02) weights): what pretraining adds")
     p.add_argument("--exports", nargs=2, metavar=("XE_DIR", "HXE_DIR"),
-                   help="evaluate these exports instead of prep + train + export (e.g. made elsewhere)")
+                   help="evaluate these exports instead of training XE and HXE (e.g. made elsewhere); "
+                        "the corpus and the LSTM / n-gram baselines are still made here")
     return p.parse_args()
 
 
@@ -152,82 +161,84 @@ class Pipeline:
             save_export(out, model.state_dict(), cfg, step=0, source="random init, seed 0")
         return out
 
+    def pending(self, step: str, jobs: list[tuple[Path, list[str]]]) -> list[list[str]]:
+        """Record each job's command; return those whose output (marker) is missing, after
+        ``--redo STEP`` removed it."""
+        chain = []
+        for marker, cmd in jobs:
+            if step in self.args.redo and marker.exists():
+                marker.unlink()
+            self.commands.append(self._text(cmd))
+            if marker.exists():
+                print(f"[{step}] {marker} exists: skipped (--redo {step} to run it again)")
+            else:
+                chain.append(cmd)
+        return chain
+
     def evaluate(self, exports: dict[str, Path]) -> tuple[dict, dict]:
         """Downstream then annotation per model; the models run side by side, one process
         and one thread each (two cores: measured faster than one process with two threads
         while other work shares the machine), each logging to eval/NAME/log.txt."""
         quick, seeds = self.args.quick, ["--seeds", "1" if self.args.quick else str(self.args.seeds)]
-        chains, ran = {}, set()
+        chains = {}
         for name, export in exports.items():
             out = self.work / "eval" / name
-            jobs = [("downstream", out / "downstream.json",
-                     [*HELM, "eval", "downstream", str(export), str(self.data / "downstream"), "-o", str(out),
-                      *seeds, "--threads", "1", *(["--max-epochs", "3"] if quick else [])]),
-                    ("annotate", out / "annotation.json",
-                     [*HELM, "eval", "annotate", str(export), str(self.data / "annotation" / "antibody_regions.csv"),
-                      "-o", str(out), *seeds, "--threads", "1",
-                      *(["--max-epochs", "3", "--limit", "300"] if quick else [])])]
-            chain = []
-            for step, marker, cmd in jobs:
-                if step in self.args.redo and marker.exists():
-                    marker.unlink()
-                self.commands.append(self._text(cmd))
-                if marker.exists():
-                    print(f"[{step}] {marker} exists: skipped (--redo {step} to run it again)")
-                else:
-                    chain.append(cmd)
-                    ran.add(step)
+            chain = self.pending("downstream", [(out / "downstream.json", [
+                *HELM, "eval", "downstream", str(export), str(self.data / "downstream"), "-o", str(out),
+                *seeds, "--threads", "1", *(["--max-epochs", "3"] if quick else [])])])
+            chain += self.pending("annotate", [(out / "annotation.json", [
+                *HELM, "eval", "annotate", str(export), str(self.data / "annotation" / "antibody_regions.csv"),
+                "-o", str(out), *seeds, "--threads", "1",
+                *(["--max-epochs", "3", "--limit", "300"] if quick else [])])])
             if chain:
                 chains[name] = chain
-        self.run_chains(chains, f"eval_{'+'.join(sorted(ran))}_{'+'.join(chains)}")
+        self.run_chains(chains, self.work / "eval", "eval_downstream_annotate_" + "+".join(chains))
         load = {name: self.work / "eval" / name for name in exports}
         return ({n: json.loads((d / "downstream.json").read_text()) for n, d in load.items()},
                 {n: json.loads((d / "annotation.json").read_text()) for n, d in load.items()})
 
-    def run_chains(self, chains: dict[str, list[list[str]]], step: str) -> None:
-        """Each chain's commands in order, the chains at once; any failure ends the run."""
+    def lm_metrics(self, corpus: Path, exports: dict[str, Path], runs: dict[str, Path]) -> dict:
+        """Intrinsic, generation and mutation metrics per export plus the n-gram baselines
+        (benchmarks/helm_eval_lm.py), one chain per model side by side, logging to lm/NAME/log.txt."""
+        out = self.work / "lm"
+        quick = self.args.quick
+        write_real_sample(corpus, out, 20 if quick else 200)
+        jobs = lm_chains(HELM, corpus, exports, exports["xe"], out, quick)
+        chains = {name: chain for name, js in jobs.items() if (chain := self.pending("lm", js))}
+        self.run_chains(chains, out, "lm_" + "+".join(chains))
+        return collect(out, exports, runs)
+
+    def run_chains(self, chains: dict[str, list[list[str]]], log_dir: Path, step: str) -> None:
+        """Each chain's commands in order, the chains at once, one torch thread each; any
+        failure ends the run."""
         if not chains:
             return
         t0 = time.perf_counter()
         procs = {}
         for name, chain in chains.items():
-            log = self.work / "eval" / name / "log.txt"
+            log = log_dir / name / "log.txt"
             log.parent.mkdir(parents=True, exist_ok=True)
             script = " && ".join(" ".join(shlex.quote(a) for a in c) for c in chain)
             print(f"\n$ ({' && '.join(self._text(c) for c in chain)}) > {log} 2>&1 &", flush=True)
-            procs[name] = (subprocess.Popen(["bash", "-c", script], stdout=log.open("a"),
-                                            stderr=subprocess.STDOUT), log)
+            procs[name] = (subprocess.Popen(["bash", "-c", script], stdout=log.open("a"), stderr=subprocess.STDOUT,
+                                            env={**os.environ, "OMP_NUM_THREADS": "1"}), log)
         failed = [f"{name} (see {log})" for name, (proc, log) in procs.items() if proc.wait() != 0]
         self.timed(step, time.perf_counter() - t0)
         if failed:
             sys.exit("evaluation failed: " + ", ".join(failed))
 
 
-def lm_metrics_hook(exports: dict[str, Path], pipe: Pipeline) -> dict:
-    """HOOK for the eval-lm side (issue 8's other half), not wired yet. The commands exist
-    (``helm-scale eval intrinsic | generation | ngram | mutation``, ``helm-scale generate``):
-    add them here per model (intrinsic on the corpus's test split, generate + eval
-    generation against it, eval mutation) plus the n-gram and LSTM baselines, and put their
-    numbers in the returned dict; until then the results say plainly that this part was
-    not run."""
-    from helm_scale.cli import COMMANDS
-    present = [c for c in ("generate", "eval") if c in COMMANDS]
-    return {"status": "not run: generation metrics, intrinsic perplexity, n-gram / LSTM baselines and "
-                      "the mutation task are not wired into benchmarks/helm_eval.py yet"
-                      + (f" (commands present: {', '.join(present)})" if present else "")}
-
-
-def pretraining_markdown(train: dict, exports: dict) -> str:
+def pretraining_markdown(train: dict, exports: dict, labels: dict[str, str]) -> str:
     """The pretraining side of the comparison, and what the untrained reference is."""
-    lines = ["# Pretraining (same model, data, steps)", "",
+    lines = ["# Pretraining (same data, steps and rows per step)", "",
              "| model | steps | seconds | val perplexity | val codon acc | val synonymous acc |",
              "|---|---|---|---|---|---|"]
     for m, summary in train.items():
         ev = summary.get("eval") or {}
-        lines.append(f"| {m.upper()} | {summary.get('steps')} | {summary.get('seconds', 0):.0f} | "
+        lines.append(f"| {labels[m]} | {summary.get('steps')} | {summary.get('seconds', 0):.0f} | "
                      f"{ev.get('perplexity', float('nan')):.2f} | {ev.get('codon_accuracy', float('nan')):.3f} | "
                      f"{ev.get('synonymous_accuracy', float('nan')):.3f} |")
-    lines += ["", ("Perplexity is the true codon cross-entropy on the val split for both. The corpus "
+    lines += ["", ("Perplexity is the true codon cross-entropy on the val split for each. The corpus "
               "holds the CaLM E. coli CDS, so pretraining saw the abundance task's sequences "
               "(never its values).")]
     if "random" in exports:
@@ -243,16 +254,18 @@ def main() -> int:
         sys.exit(f"{args.data}/downstream not found: this benchmark needs the shared real data (--data)")
     pipe = Pipeline(args)
     started = time.perf_counter()
+    corpus = pipe.corpus()
     if args.exports:
-        corpus, runs, exports = None, {}, dict(zip(MODELS, map(Path, args.exports)))
+        runs, exports = {}, dict(zip(MODELS, map(Path, args.exports)))
     else:
-        corpus = pipe.corpus()
         runs = {m: pipe.train(m, corpus) for m in MODELS}
         exports = {m: pipe.export(m, runs[m]) for m in MODELS}
     if args.random_baseline:
         exports["random"] = pipe.random_export()
+    runs[BASELINE] = pipe.train(BASELINE, corpus)
+    baseline_export = pipe.export(BASELINE, runs[BASELINE])
     downstream, annotation = pipe.evaluate(exports)
-    lm = lm_metrics_hook(exports, pipe)
+    lm = pipe.lm_metrics(corpus, {**exports, BASELINE: baseline_export}, runs)
 
     # A quick run checks the pipeline; its numbers mean nothing, so they stay in its work dir.
     stem = "helm_eval_quick" if args.quick else "helm_eval_cpu"
@@ -260,10 +273,10 @@ def main() -> int:
     payload = {
         "benchmark": "helm_eval", "device": f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__,
         "python": platform.python_version(), "quick": args.quick,
-        "corpus": json.loads((corpus / "manifest.json").read_text()).get("totals") if corpus else None,
+        "corpus": json.loads((corpus / "manifest.json").read_text()).get("totals"),
         "train": {m: json.loads((runs[m] / "summary.json").read_text()) for m in runs},
-        "exports": {m: str(p) for m, p in exports.items()},
-        "configs": {m: f"configs/compare/{m}.yaml" for m in MODELS},
+        "exports": {m: str(p) for m, p in {**exports, BASELINE: baseline_export}.items()},
+        "configs": {m: f"configs/compare/{m}.yaml" for m in (*MODELS, BASELINE)},
         "downstream": downstream, "annotation": annotation, "lm_metrics": lm,
         "commands": pipe.commands, "seconds": pipe.seconds,
         "total_seconds": round(time.perf_counter() - started, 1),
@@ -271,12 +284,12 @@ def main() -> int:
                    + (" --random-baseline" if args.random_baseline else ""),
     }
     write_results(results_dir / f"{stem}.json", payload)
-    labels = {m: ("untrained" if m == "random" else m.upper()) for m in exports}
+    labels = {m: {"random": "untrained", BASELINE: "LSTM"}.get(m, m.upper()) for m in (*exports, BASELINE)}
     md = [compare_markdown({labels[m]: downstream[m] for m in exports},
                            "HELM evaluation on CPU: XE vs HXE, downstream (frozen backbone)"),
           compare_annotation_markdown({labels[m]: annotation[m] for m in exports}),
-          pretraining_markdown(payload["train"], exports),
-          "# Generation metrics and baselines\n\n" + lm["status"] + "\n",
+          pretraining_markdown(payload["train"], exports, labels),
+          lm_markdown(lm, labels),
           "# Commands\n\n```\n" + "\n".join(pipe.commands or ["(every step was already done)"]) + "\n```\n"]
     (results_dir / f"{stem}.md").write_text("\n".join(md))
     bar_chart({labels[m]: downstream[m] for m in exports}, results_dir / f"{stem}.png",
