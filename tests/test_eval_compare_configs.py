@@ -1,4 +1,4 @@
-"""The XE vs HXE head-to-head configs differ in the loss (and where they write) only."""
+"""The head-to-head configs: XE and HXE differ in the loss (and where they write) only; the LSTM baseline in the network."""
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,3 +21,16 @@ def test_pair_is_cpu_sized():
     cfg = load_train_config(str(COMPARE / "xe.yaml"))
     assert cfg.model.num_parameters() < 2e6
     assert cfg.data.seq_len <= cfg.model.max_seq_len and cfg.model.attention == "causal"
+
+
+def test_lstm_baseline_matches_the_pair_but_for_the_network():
+    """The recurrent baseline trains on the pair's data, optimizer, schedule and rows per
+    step with XE; only the network, unpacked rows (an LSTM cannot take packed ones) and its
+    run dir differ, and its size is within 5% of the transformers'."""
+    xe, lstm = (load_train_config(str(COMPARE / f"{n}.yaml")) for n in ("xe", "lstm"))
+    assert lstm.model.arch == "lstm" and lstm.loss.name == "xe" and not lstm.data.pack
+    assert abs(lstm.model.num_parameters() / xe.model.num_parameters() - 1) < 0.05
+    a, b = asdict(xe), asdict(lstm)
+    for d in (a, b):
+        del d["model"], d["run"]["run_dir"], d["data"]["pack"]
+    assert a == b
