@@ -39,7 +39,7 @@ from helm_eval_lm import (  # beside this script
     collect,
     lm_chains,
     lm_markdown,
-    write_real_sample,
+    write_cds_sets,
 )
 from results_io import write_results
 
@@ -202,8 +202,10 @@ class Pipeline:
         (benchmarks/helm_eval_lm.py), one chain per model side by side, logging to lm/NAME/log.txt."""
         out = self.work / "lm"
         quick = self.args.quick
-        write_real_sample(corpus, out, 20 if quick else 200)
-        jobs = lm_chains(HELM, corpus, exports, exports["xe"], out, quick)
+        reference = write_cds_sets(corpus, out, 20 if quick else 200)
+        self.commands.append(f"# {reference} and {out / 'real' / 'generated.fasta'}: the test and val splits' "
+                             "sequences starting with ATG, written by this script (helm_eval_lm.write_cds_sets)")
+        jobs = lm_chains(HELM, corpus, reference, exports, exports["xe"], out, quick)
         chains = {name: chain for name, js in jobs.items() if (chain := self.pending("lm", js))}
         self.run_chains(chains, out, "lm_" + "+".join(chains))
         return collect(out, exports, runs)

@@ -1,8 +1,8 @@
 """The language-model half of benchmarks/helm_eval.py: intrinsic metrics, generation, the
 mutation task and the second seed's baselines, for every causal export beside n-gram LMs.
 
-    lm_chains(helm, corpus, exports, embedder, out, quick) -> {name: [(marker, cmd), ...]}
-    write_real_sample(corpus, out, n)      the real-vs-real floor of the generation metrics
+    write_cds_sets(corpus, out, n) -> Path the generation reference, and the real-vs-real floor
+    lm_chains(helm, corpus, reference, exports, embedder, out, quick) -> {name: [(marker, cmd), ...]}
     collect(out, exports, runs) -> dict    every JSON the chains wrote, sizes and tokens trained
     lm_markdown(lm, labels) -> str         the results file's two tables
 
@@ -10,8 +10,12 @@ Every score runs on the prepared corpus's test split, and the n-grams are fitted
 train split. The mutation task draws the same 500 sequences for every scorer, so its
 per-nucleotide perplexity is the like-for-like one. The intrinsic per-nucleotide
 perplexity cuts rows at the model's 256 positions, whereas the n-grams score whole
-sequences. Generated sequences are embedded by one fixed model (the XE export), so the
-Frechet distance compares every generator in the same space.
+sequences. Generation starts every sequence with ATG, so it is compared with the test
+split's coding sequences (those starting with ATG), not with the antibody chains the
+corpus also holds: against the mixture, the Frechet distance measures the missing
+antibodies (measured: 53 instead of 0.3 for XE's ancestral samples). Generated sequences
+are embedded by one fixed model (the XE export), so the Frechet distance compares every
+generator in the same space.
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ from helm_scale.train_config import load_train_config
 NGRAMS = {"nucleotide 5-gram": ("nucleotide", 5), "nucleotide 8-gram": ("nucleotide", 8),
           "codon 3-gram": ("codon", 3)}
 EDITS = (1, 5, 10)
+# HELM's sampling (generate's defaults) and plain ancestral sampling: top-k / top-p cut the
+# rare stop codons and <eos> away, so only the second shows whether a model ends its ORFs.
+SAMPLINGS = {"top-k 10, top-p 0.95": ("", []), "ancestral": ("_ancestral", ["--top-k", "0", "--top-p", "1"])}
 
 
 def _slug(name: str) -> str:
@@ -39,26 +46,26 @@ def max_nt(exports: dict[str, Path]) -> int:
     return 3 * (positions - 2) - max(EDITS)
 
 
-def lm_chains(helm: list[str], corpus: Path, exports: dict[str, Path], embedder: Path, out: Path,
-              quick: bool) -> dict[str, list[tuple[Path, list[str]]]]:
+def lm_chains(helm: list[str], corpus: Path, reference: Path, exports: dict[str, Path], embedder: Path,
+              out: Path, quick: bool) -> dict[str, list[tuple[Path, list[str]]]]:
     """Per export: intrinsic, generate, generation metrics, mutation; then the n-grams' fit
     and mutation; then the real sample's generation metrics."""
     n_gen, n_mut = ("20", "30") if quick else ("200", "500")
     mutation = ["--data", str(corpus), "-n", n_mut, "--max-nt", str(max_nt(exports)), "--quiet"]
-    generation = ["--reference", str(corpus), "--split", "test", "--model", str(embedder), "--quiet"]
+    generation = ["--reference", str(reference), "--model", str(embedder), "--quiet"]
     chains = {}
     for name, export in exports.items():
         d = out / name
-        chains[name] = [
-            (d / "intrinsic.json", [*helm, "eval", "intrinsic", str(export), "--data", str(corpus),
-                                    "--split", "test", "-o", str(d / "intrinsic.json"), "--quiet"]),
-            (d / "generated.fasta", [*helm, "generate", str(export), "-n", n_gen, "--seed", "0",
-                                     "-o", str(d / "generated.fasta"), "--quiet"]),
-            (d / "generation.json", [*helm, "eval", "generation", str(d / "generated.fasta"), *generation,
-                                     "-o", str(d / "generation.json")]),
-            (d / "mutation.json", [*helm, "eval", "mutation", str(export), *mutation,
-                                   "-o", str(d / "mutation.json")]),
-        ]
+        chains[name] = [(d / "intrinsic.json", [*helm, "eval", "intrinsic", str(export), "--data", str(corpus),
+                                                "--split", "test", "-o", str(d / "intrinsic.json"), "--quiet"])]
+        for suffix, options in SAMPLINGS.values():
+            fasta, metrics = d / f"generated{suffix}.fasta", d / f"generation{suffix}.json"
+            chains[name] += [
+                (fasta, [*helm, "generate", str(export), "-n", n_gen, "--seed", "0", *options,
+                         "-o", str(fasta), "--quiet"]),
+                (metrics, [*helm, "eval", "generation", str(fasta), *generation, "-o", str(metrics)])]
+        chains[name].append((d / "mutation.json", [*helm, "eval", "mutation", str(export), *mutation,
+                                                   "-o", str(d / "mutation.json")]))
     d = out / "ngram"
     chains["ngram"] = [job for name, (level, order) in NGRAMS.items() for job in (
         (d / f"{_slug(name)}.json", [*helm, "eval", "ngram", "--data", str(corpus), "--level", level,
@@ -72,15 +79,19 @@ def lm_chains(helm: list[str], corpus: Path, exports: dict[str, Path], embedder:
     return chains
 
 
-def write_real_sample(corpus: Path, out: Path, n: int) -> Path:
-    """``n`` seeded val-split sequences as if generated: scored against the test split, they
-    give each generation metric's value for real data (Frechet, JS and the rest are not 0
-    between two finite real samples)."""
-    path = out / "real" / "generated.fasta"
-    if not path.exists():
-        seqs = read_sequences(corpus, "val")
-        write_fasta(path, [(f"val_{i}", s) for i, s in enumerate(random.Random(0).sample(seqs, min(n, len(seqs))))])
-    return path
+def write_cds_sets(corpus: Path, out: Path, n: int) -> Path:
+    """The test split's coding sequences (ATG start) as the generation reference; and up to
+    ``n`` seeded val-split ones as if generated: scored against the reference, they give each
+    generation metric's value for real data (Frechet, JS and the rest are not 0 between two
+    finite real samples)."""
+    reference, real = out / "reference" / "test_cds.fasta", out / "real" / "generated.fasta"
+    for path, split, cap in ((reference, "test", None), (real, "val", n)):
+        if not path.exists():
+            seqs = [s for s in read_sequences(corpus, split) if s.startswith("ATG")]
+            if cap is not None and len(seqs) > cap:
+                seqs = random.Random(0).sample(seqs, cap)
+            write_fasta(path, [(f"{split}_{i}", s) for i, s in enumerate(seqs)])
+    return reference
 
 
 def trained_tokens(run_dir: Path) -> int | None:
@@ -96,14 +107,16 @@ def trained_tokens(run_dir: Path) -> int | None:
 def collect(out: Path, exports: dict[str, Path], runs: dict[str, Path]) -> dict:
     def load(path: Path):
         return json.loads(path.read_text()) if path.is_file() else None
+    def ended(fasta: Path) -> float:
+        headers = [line for line in fasta.read_text().splitlines() if line.startswith(">")]
+        return sum("eos=yes" in h for h in headers) / max(len(headers), 1)
     models = {}
     for name, export in exports.items():
         d = out / name
-        fasta = (d / "generated.fasta").read_text().splitlines()
-        headers = [line for line in fasta if line.startswith(">")]
-        models[name] = {"intrinsic": load(d / "intrinsic.json"), "generation": load(d / "generation.json"),
-                        "mutation": load(d / "mutation.json"),
-                        "ended_with_eos": sum("eos=yes" in h for h in headers) / max(len(headers), 1),
+        models[name] = {"intrinsic": load(d / "intrinsic.json"), "mutation": load(d / "mutation.json"),
+                        "generation": {sampling: {**load(d / f"generation{suffix}.json"),
+                                                  "ended_with_eos": ended(d / f"generated{suffix}.fasta")}
+                                       for sampling, (suffix, _) in SAMPLINGS.items()},
                         "parameters": load_train_config(str(export / "config.yaml")).model.num_parameters(),
                         "tokens_trained": trained_tokens(runs[name]) if name in runs else 0}
     ngrams = {name: {"perplexity": load(out / "ngram" / f"{_slug(name)}.json"),
@@ -116,18 +129,23 @@ def _f(x, digits: int = 3) -> str:
 
 
 def _mutation_cells(m: dict | None) -> list[str]:
+    """Perplexity of the real sequences; accuracy over every kind, and over the in-frame
+    kinds (an insertion or deletion shifts a codon model's frame, so those are easy)."""
     if not m:
-        return ["-", "-"]
-    by = m["accuracy_by_edits"]
-    return [f"{math.exp(m['mean_real_score']):.3f}", " / ".join(f"{by[str(k)]:.2f}" for k in EDITS)]
+        return ["-", "-", "-"]
+    by, acc = m["accuracy_by_edits"], m["accuracy"]
+    in_frame = [(acc["substitute"][str(k)] + acc["swap"][str(k)]) / 2 for k in EDITS]
+    return [f"{math.exp(m['mean_real_score']):.3f}", " / ".join(f"{by[str(k)]:.2f}" for k in EDITS),
+            " / ".join(f"{a:.2f}" for a in in_frame)]
 
 
 def lm_markdown(lm: dict, labels: dict[str, str]) -> str:
     """The intrinsic + baselines table and the generation table."""
     lines = ["# Language-model metrics and baselines (corpus test split)", "",
              ("| model | parameters | tokens trained | codon perplexity | codon acc | synonymous acc | "
-             "per-nt perplexity, test split | per-nt perplexity, mutation set | mutation accuracy, 1 / 5 / 10 edits |"),
-             "|---" * 9 + "|"]
+             "per-nt perplexity, test split | per-nt perplexity, mutation set | mutation accuracy, 1 / 5 / 10 edits "
+             "| substitutions and swaps only |"),
+             "|---" * 10 + "|"]
     for name, m in lm["models"].items():
         i = m["intrinsic"] or {}
         lines.append(f"| {labels[name]} | {m['parameters']:,} | {m['tokens_trained']:,} | {_f(i.get('perplexity'), 2)} "
@@ -145,28 +163,31 @@ def lm_markdown(lm: dict, labels: dict[str, str]) -> str:
                    f"{mut.get('max_nt', '?')} nt for every scorer; its perplexity is exp(mean per-sequence "
                    "NLL per nucleotide) of the real sequences, and accuracy is choosing the real sequence over "
                    "a copy with 1 / 5 / 10 random insertions, deletions, substitutions or swaps (one copy each, "
-                   "ties 1/2; 0.5 is chance)."), ""]
+                   "ties 1/2; 0.5 is chance). Insertions and deletions shift a codon model's reading frame, "
+                   "which makes them easy: the last column leaves them out."), ""]
 
     lines += ["# Generation (CLM exports)", "",
-              ("| source | GC | codon-usage JS | valid ORF | ended with eos | mean nt | diversity | Frechet | "
-              "precision | recall |"), "|---" * 10 + "|"]
-    rows = [(labels[n], m["generation"], m["ended_with_eos"]) for n, m in lm["models"].items()]
-    rows.append(("real (val sample)", lm["real_sample"], None))
-    for label, g, eos in rows:
-        if not g:
-            continue
-        lines.append(f"| {label} | {_f(g['gc_content']['generated'])} | {_f(g['codon_usage_js_divergence'], 4)} "
+              ("| source | sampling | GC | codon-usage JS | valid ORF | ended with eos | mean nt | diversity | "
+               "Frechet | precision | recall |"), "|---" * 11 + "|"]
+    rows = [(labels[n], sampling, g, g["ended_with_eos"])
+            for sampling in SAMPLINGS for n, m in lm["models"].items() if (g := m["generation"][sampling])]
+    if lm["real_sample"]:
+        rows.append(("real (val sample)", "-", lm["real_sample"], None))
+    for label, sampling, g, eos in rows:
+        lines.append(f"| {label} | {sampling} | {_f(g['gc_content']['generated'])} | {_f(g['codon_usage_js_divergence'], 4)} "
                      f"| {_f(g['valid_orf_fraction']['generated'])} | {_f(eos, 2) if eos is not None else '-'} "
                      f"| {g['mean_length_nt']['generated']:.0f} | {_f(g['diversity']['generated'])} "
                      f"| {_f(g.get('frechet_distance'), 2)} | {_f(g.get('precision'), 2)} | {_f(g.get('recall'), 2)} |")
-    ref = lm["real_sample"] or next((m["generation"] for m in lm["models"].values() if m["generation"]), None)
+    real = lm["real_sample"]
+    ref = real or (rows[0][2] if rows else None)
     if ref:
-        lines += ["", (f"Reference: the test split ({ref['n_reference']} sequences): GC "
+        lines += ["", (f"Reference: the test split's coding sequences ({ref['n_reference']}, ATG start): GC "
                        f"{ref['gc_content']['reference']:.3f}, valid ORF {ref['valid_orf_fraction']['reference']:.3f}, "
                        f"mean {ref['mean_length_nt']['reference']:.0f} nt, diversity {ref['diversity']['reference']:.3f}. "
-                       f"Each model sampled {ref['n_generated']} sequences (temperature 1, top-k 10, top-p 0.95, "
-                       "prefix ATG, at most 254 codons; a sequence cut there has no stop, so it is not a valid ORF). "
+                       f"Each model sampled {rows[0][2]['n_generated']} sequences per setting (temperature 1, prefix "
+                       "ATG, at most 254 codons; a sequence cut there has no stop, so it is not a valid ORF). "
                        "Frechet distance and k-NN precision / recall (k 3) use the XE export's mean-pooled "
-                       "embeddings for every source. `real (val sample)` is as many val-split sequences scored "
-                       "the same way: what a perfect generator would get with this sample size.")]
+                       "embeddings for every source. `real (val sample)`: the val split's coding sequences "
+                       f"({real['n_generated'] if real else '?'}) scored the same way, what a perfect generator "
+                       "would get at about this sample size.")]
     return "\n".join(lines) + "\n"
