@@ -28,11 +28,11 @@ def tiny_export(out: Path, objective: str = "clm", seed: int = 0, std: float = 0
     return save_export(out, net.state_dict(), train_cfg, step=7)
 
 
-def tiny_dataset(root: Path, records: int = 120, test_fraction: float = 0.3) -> Path:
+def tiny_dataset(root: Path, records: int = 120, test_fraction: float = 0.3, val_fraction: float = 0.0) -> Path:
     write_fasta(root / "corpus.fa", generate(records, seed=3, median_codons=25, min_codons=12, defect_rate=0))
     out = root / "shards"
     run_prep(PrepConfig(inputs=[str(root / "corpus.fa")], output=str(out), workers=1, progress=False,
-                        split=SplitPolicy(val_fraction=0.0, test_fraction=test_fraction), shard_bytes=1 << 20))
+                        split=SplitPolicy(val_fraction=val_fraction, test_fraction=test_fraction), shard_bytes=1 << 20))
     return out
 
 

@@ -46,8 +46,8 @@ def test_codon_scores_count_whole_codons_and_save_load_round_trips(tmp_path):
     lm = NgramLM(order=2, level="codon").fit(["ATGAAATAA", "ATGCCCGGGTAA"])
     nll, nt = lm.score(["ATGAAATAAGC"])  # trailing "GC" is dropped
     assert nt[0] == 9 and nll[0] == pytest.approx(lm.score(["ATGAAATAA"])[0][0])
-    lm.save(tmp_path / "lm.npz")
-    again = NgramLM.load(tmp_path / "lm.npz")
+    lm.save(tmp_path / "new_dir" / "lm.npz")  # its directory is made
+    again = NgramLM.load(tmp_path / "new_dir" / "lm.npz")
     assert again.config() == lm.config()
     assert np.allclose(again.score(["ATGCCCTAA"])[0], lm.score(["ATGCCCTAA"])[0])
 

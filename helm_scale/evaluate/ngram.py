@@ -204,6 +204,7 @@ class NgramLM:
         arrays = {f"o{m}_{name}": v for m, t in enumerate(self.tables, 1) for name, v in t.items()}
         meta = {**self.config(), "discounts": self.discounts, "trained_symbols": self.trained_symbols,
                 "format": "helm-scale-ngram/1"}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
