@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.eval_utils import one_torch_thread, tiny_dataset, tiny_export  # noqa: F401 (autouse fixture)
 from helm_scale.cli import main as helm_scale
+from tests.eval_utils import one_torch_thread, tiny_dataset, tiny_export  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import helm_eval_lm  # noqa: E402
+import helm_eval_lm
 
 HELM = ["python", "-m", "helm_scale.cli"]
 
