@@ -46,7 +46,8 @@ class ScheduleConfig:
 
     def __post_init__(self):
         if self.max_steps < 1 or not 0 <= self.warmup_steps <= self.max_steps or self.min_lr < 0:
-            raise ValueError("need max_steps >= 1, 0 <= warmup_steps <= max_steps, min_lr >= 0")
+            raise ValueError(f"need max_steps >= 1, 0 <= warmup_steps <= max_steps, min_lr >= 0; got "
+                             f"max_steps={self.max_steps}, warmup_steps={self.warmup_steps}, min_lr={self.min_lr}")
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,11 @@ class RunConfig:
 
     def __post_init__(self):
         if self.log_interval < 1 or self.eval_interval < 0 or self.eval_batches < 1:
-            raise ValueError("need log_interval >= 1, eval_interval >= 0, eval_batches >= 1")
+            raise ValueError(f"need log_interval >= 1, eval_interval >= 0, eval_batches >= 1; got "
+                             f"{self.log_interval}, {self.eval_interval}, {self.eval_batches}")
         if self.checkpoint_interval < 0 or self.keep_last < 1 or self.keep_every < 0:
-            raise ValueError("need checkpoint_interval >= 0, keep_last >= 1, keep_every >= 0")
+            raise ValueError(f"need checkpoint_interval >= 0, keep_last >= 1, keep_every >= 0; got "
+                             f"{self.checkpoint_interval}, {self.keep_last}, {self.keep_every}")
 
 
 @dataclass(frozen=True)

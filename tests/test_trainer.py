@@ -33,6 +33,8 @@ def test_lr_warms_up_then_decays_to_min_lr():
     (["optim.lrr=1"], "unknown setting optim.lrr"),
     (["data.dataset_dir=/nonexistent"], "has no manifest.json"),
     (["data.global_batch_size=64"], "data.global_batch_size 64 != micro_batch_size 16 x accumulation_steps 1 x DP 1"),
+    (["schedule.warmup_steps=5000"], "got max_steps=300, warmup_steps=5000"),
+    (["run.keep_last=0"], "keep_every >= 0; got 1000, 0, 0"),
 ])
 def test_bad_config_fails_before_any_process_group(overrides, message, capsys, synthetic_dataset, monkeypatch):
     def tripwire(*args, **kwargs):
