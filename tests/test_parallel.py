@@ -210,3 +210,46 @@ def test_zero_offload_equals_zero():
     runs = run_ranks(_offload_runs, 2)[0]
     _assert_same_training(runs["offload"], runs["plain"], "ZeRO-2 offload vs ZeRO-2", weight_atol=1e-5,
                           rel=1e-4)
+
+
+# ---------------------------------------------------------------- activation checkpointing
+def _saved_activation_numel(cfg: ModelConfig, pcfg: ParallelConfig) -> int:
+    """Elements autograd keeps for backward in one forward of the model (parameters too)."""
+    state = init_parallel(pcfg)
+    engine = build_engine(HelmTransformer(cfg, sequence_parallel=pcfg.sequence_parallel), OPTIM, pcfg, state)
+    batch = make_batch(0, 0, packed=True, padded=False)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        engine(batch["input_ids"], batch["position_ids"], batch["segment_ids"], None)
+    return sum(saved)
+
+
+def _recompute_runs(rank, world):
+    cfg = tiny(dropout=0.1, num_layers=3)  # dropout: the recomputed masks must equal the first ones
+    runs = {}
+    for label, par in [("tp2 sp", dict(tensor_parallel=2, sequence_parallel=True)),
+                       ("zero3", dict(backend="deepspeed", zero_stage=3))]:
+        rows = None if par.get("tensor_parallel") else _rows_of_dp_rank
+        for recompute in (False, True):
+            pcfg = ParallelConfig(activation_checkpointing=recompute, **par)
+            runs[(label, recompute)] = train(cfg, pcfg, packed=True, rows_of_rank=rows)
+            runs[(label, recompute, "saved")] = _saved_activation_numel(cfg, pcfg)
+    return runs
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_trains_identically_and_saves_less():
+    runs = run_ranks(_recompute_runs, 2)[0]
+    for label in ("tp2 sp", "zero3"):
+        _assert_same_training(runs[(label, True)], runs[(label, False)], f"{label}: recompute vs not")
+        kept, plain = runs[(label, True, "saved")], runs[(label, False, "saved")]
+        print(f"{label}: saved for backward {kept} vs {plain} elements")
+        assert kept < 0.6 * plain, label
+
+
+def test_activation_checkpointing_needs_transformer_blocks():
+    from helm_scale.lstm import LstmLM
+    from helm_scale.parallel.recompute import apply_activation_checkpointing
+    with pytest.raises(ValueError, match="LstmLM has none"):
+        apply_activation_checkpointing(LstmLM(ModelConfig(arch="lstm", num_layers=1, hidden_size=8, num_heads=2,
+                                                          ffn_hidden_size=8, max_seq_len=8)))

@@ -7,6 +7,7 @@
           optimizer (torch), ds_engine (DeepSpeed engine or None), micro_steps
   build_param_groups(model, optim_cfg), clip_grad_norm_tp(params, max_norm, tp_group)
   gather_tp_state(module, tp_group), set_seed(seed), shutdown(code)
+  apply_activation_checkpointing(model) (build_engine applies it when cfg asks)
 
 The DeepSpeed backend is imported only when chosen. CPU patches for megatron-core
 (cpu_compat) are applied by init_parallel on CPU-only runs, never at import.
@@ -19,7 +20,7 @@ _LAZY = {
     "DDPEngine": "engine", "Engine": "engine", "StepResult": "engine", "build_engine": "engine",
     "build_adamw": "optim", "build_param_groups": "optim", "clip_grad_norm_tp": "optim",
     "ParallelState": "state", "init_parallel": "state", "set_seed": "state", "shutdown": "state",
-    "gather_tp_state": "weights",
+    "gather_tp_state": "weights", "apply_activation_checkpointing": "recompute",
 }
 
 

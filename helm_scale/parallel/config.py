@@ -23,6 +23,7 @@ class ParallelConfig:
     precision: str = "fp32"
     seed: int = 1234
     timeout_s: float = 600.0  # a collective waiting longer (a dead or hung peer) fails the job
+    activation_checkpointing: bool = False  # recompute each transformer block in backward (memory for time)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:

@@ -7,7 +7,10 @@ that megatron 0.16 makes unconditionally:
     and reduce-scatters are allocated on it);
   - torch.cuda.synchronize -> no-op (parallel_state and dist_checkpointing call it);
   - megatron's model-parallel RNG tracker -> CpuRNGStatesTracker, which forks the CPU
-    generator (megatron's tracker only knows CUDA generator states).
+    generator (megatron's tracker only knows CUDA generator states);
+  - megatron's CUDA generator get / set (its activation checkpoint saves and restores
+    them) -> an empty state and a no-op: there is no CUDA generator, and the CPU one and
+    the tracker's streams are saved by megatron already.
 """
 from __future__ import annotations
 
@@ -58,6 +61,8 @@ def apply_cpu_patches() -> None:
     torch.cuda.synchronize = lambda *args, **kwargs: None
     mp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     mp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    mp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.empty(0, dtype=torch.uint8)
+    mp_random._set_cuda_rng_state = lambda *args, **kwargs: None
     _applied = True
 
 

@@ -114,6 +114,9 @@ def build_engine(model: nn.Module, optim_cfg: OptimizerConfig, cfg: ParallelConf
         raise ValueError(f"state has TP {state.tp_size} but the config asks for {cfg.tensor_parallel}")
     if getattr(model, "sequence_parallel", False) != cfg.sequence_parallel:
         raise ValueError("the model's sequence_parallel differs from ParallelConfig.sequence_parallel")
+    if cfg.activation_checkpointing:
+        from helm_scale.parallel.recompute import apply_activation_checkpointing
+        apply_activation_checkpointing(model)
     if cfg.backend == "ddp":
         if cfg.precision == "bf16" and state.device.type != "cuda":
             # megatron's TP linears restore only CUDA autocast in their backward: on CPU the

@@ -24,8 +24,10 @@ def build_param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
 
 
 def build_adamw(param_groups: list[dict], cfg: OptimizerConfig) -> torch.optim.AdamW:
-    # foreach is fine on CPU and GPU; fused would need CUDA.
-    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    # Fused (one kernel for every parameter) where the parameters are on CUDA; elsewhere
+    # torch's default foreach implementation, which every CPU parity test was measured with.
+    on_cuda = all(p.is_cuda for group in param_groups for p in group["params"])
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True if on_cuda else None)
 
 
 @torch.no_grad()
