@@ -12,6 +12,7 @@ forward + backward, attention included (helm_scale.model.ModelConfig.flops_per_t
 Usage:
   python benchmarks/train_throughput.py                       # CPU: a small size
   python benchmarks/train_throughput.py --config configs/helm_50m.yaml --batch 128 --bf16   # GPU
+  python benchmarks/train_throughput.py --config configs/helm_1b.yaml --batch 16 --bf16 --activation-checkpointing
 """
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ sys.path.insert(0, str(ROOT))
 from results_io import write_results  # noqa: E402  (beside this script)
 
 
-def _ours(cfg, batch, device, bf16):
+def _ours(cfg, batch, device, bf16, recompute):
     from helm_scale.codon import Vocabulary
     from helm_scale.losses import LossConfig, build_loss
     from helm_scale.model import HelmTransformer
     from helm_scale.parallel import OptimizerConfig, ParallelConfig, build_engine, init_parallel
     pcfg = ParallelConfig(backend="deepspeed" if bf16 and device.type == "cpu" else "ddp",
-                          precision="bf16" if bf16 else "fp32")
+                          precision="bf16" if bf16 else "fp32", activation_checkpointing=recompute)
     state = init_parallel(pcfg)
     engine = build_engine(HelmTransformer(cfg), OptimizerConfig(lr=1e-4), pcfg, state)
     loss_fn = build_loss(LossConfig(name="hxe", overwrite_logits=True), Vocabulary.default(),
@@ -51,12 +52,14 @@ def _ours(cfg, batch, device, bf16):
     return step, engine.module
 
 
-def _peer(cfg, batch, device, bf16):
+def _peer(cfg, batch, device, bf16, recompute):
     from transformers import GPT2Config, GPT2LMHeadModel
     model = GPT2LMHeadModel(GPT2Config(
         vocab_size=cfg.padded_vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.hidden_size,
         n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.ffn_hidden_size,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=2)).to(device)
+    if recompute:
+        model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     input_ids, _ = batch
 
@@ -91,6 +94,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--activation-checkpointing", action="store_true",
+                    help="recompute every block in backward, in both stacks")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
@@ -107,7 +112,9 @@ def main() -> int:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 69, (args.batch, seq), generator=gen).to(device)
     batch = (ids, torch.roll(ids, -1, 1))
-    runners = {"helm_scale": _ours(cfg, batch, device, args.bf16), "hf_gpt2": _peer(cfg, batch, device, args.bf16)}
+    recompute = args.activation_checkpointing
+    runners = {"helm_scale": _ours(cfg, batch, device, args.bf16, recompute),
+               "hf_gpt2": _peer(cfg, batch, device, args.bf16, recompute)}
     best = {name: float("inf") for name in runners}
     for _ in range(args.repeat):  # alternate, so machine load hits both alike
         for name, (step, _) in runners.items():
@@ -116,7 +123,8 @@ def main() -> int:
     tokens = args.batch * seq
     rows = {}
     print(f"model {cfg.num_layers}x{cfg.hidden_size}x{cfg.ffn_hidden_size}, {cfg.num_parameters():,} params, "
-          f"batch {args.batch} x {seq}, {'bf16' if args.bf16 else 'fp32'}, {device}")
+          f"batch {args.batch} x {seq}, {'bf16' if args.bf16 else 'fp32'}, {device}"
+          + (", activation checkpointing" if recompute else ""))
     print(f"{'stack':<12} {'step ms':>9} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>7} {'params':>12}")
     for name, seconds in best.items():
         model = runners[name][1]
@@ -135,6 +143,7 @@ def main() -> int:
         "benchmark": "train_throughput", "device": torch.cuda.get_device_name() if device.type == "cuda"
         else f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__, "python": platform.python_version(),
         "model": cfg.__dict__, "batch": args.batch, "seq_len": seq, "bf16": args.bf16,
+        "activation_checkpointing": recompute,
         "flops_per_token": flops, "results": rows, "ratio_tokens_per_s": ratio,
         "command": " ".join(sys.argv)})
     return 0
