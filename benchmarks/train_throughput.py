@@ -1,22 +1,29 @@
 """Training throughput of helm_scale against the HELM reference stack's model.
 
 Ours: HelmTransformer (megatron-core layers) + the vocab-parallel HXE + our engine (DDP
-backend, world of one). Peer: Hugging Face transformers' GPT2LMHeadModel at the same
+backend, world of one). Peer: Hugging Face transformers' GPT2LMHeadModel (MLM: BERT) at the same
 size, batch and sequence length, with a plain PyTorch loop (AdamW, its built-in
-cross-entropy), as the HELM reference trains. Both get the same in-memory random codon
-batches, so the loader is out of the comparison; they run alternately in one process.
+cross-entropy), as the HELM reference trains: eager, never compiled. Both get the same
+in-memory random codon batches, so the loader is out of the comparison; they run
+alternately in one process, and so does the HXE loss alone (forward + backward on fp32
+logits of the step's shape, one copy of them included), whose time is reported as a
+share of our step.
 
 FLOPs per token (both models, same shapes): 6 x (L(4h^2 + 2hf) + V h) + 12 L h S,
 forward + backward, attention included (helm_scale.model.ModelConfig.flops_per_token).
+Peak memory (CUDA only): the most allocated while the stack was built and warmed up,
+above what was allocated before it (so the other stack's tensors do not count).
 
 Usage:
   python benchmarks/train_throughput.py                       # CPU: a small size
-  python benchmarks/train_throughput.py --config configs/helm_50m.yaml --batch 128 --bf16   # GPU
+  python benchmarks/train_throughput.py --config configs/helm_50m.yaml --batch 128 --bf16 [--compile]   # GPU
   python benchmarks/train_throughput.py --config configs/helm_1b.yaml --batch 16 --bf16 --activation-checkpointing
+  add --objective mlm for the bidirectional model with 15% masked codons (peer: HF BERT)
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -30,46 +37,92 @@ sys.path.insert(0, str(ROOT))
 from results_io import write_results  # noqa: E402  (beside this script)
 
 
-def _ours(cfg, batch, device, bf16, recompute):
+def _ours(cfg, batch, device, bf16, recompute, compile_blocks):
     from helm_scale.codon import Vocabulary
     from helm_scale.losses import LossConfig, build_loss
     from helm_scale.model import HelmTransformer
     from helm_scale.parallel import OptimizerConfig, ParallelConfig, build_engine, init_parallel
     pcfg = ParallelConfig(backend="deepspeed" if bf16 and device.type == "cpu" else "ddp",
-                          precision="bf16" if bf16 else "fp32", activation_checkpointing=recompute)
+                          precision="bf16" if bf16 else "fp32", activation_checkpointing=recompute,
+                          compile=compile_blocks)
     state = init_parallel(pcfg)
     engine = build_engine(HelmTransformer(cfg), OptimizerConfig(lr=1e-4), pcfg, state)
     loss_fn = build_loss(LossConfig(name="hxe", overwrite_logits=True), Vocabulary.default(),
                          cfg.padded_vocab_size)
-    input_ids, labels = batch
-    mask = torch.ones_like(labels, dtype=torch.bool)
+    input_ids, labels, mask = batch["input_ids"], batch["labels"], batch["loss_mask"]
 
     def step():
         logits = engine(input_ids)
         out = loss_fn(logits.float() if bf16 else logits, labels, mask)
         engine.backward(out.loss)
         engine.step()
-    return step, engine.module
+
+    logits = torch.randn(*labels.shape, cfg.padded_vocab_size, device=device) * 3
+
+    def loss_alone():
+        loss_fn(logits.clone().requires_grad_(True), labels, mask).loss.backward()
+    return step, engine.module, loss_alone
 
 
 def _peer(cfg, batch, device, bf16, recompute):
-    from transformers import GPT2Config, GPT2LMHeadModel
-    model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=cfg.padded_vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.hidden_size,
-        n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.ffn_hidden_size,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=2)).to(device)
+    """GPT-2 for CLM; for MLM, BERT (HF has no bidirectional GPT-2) at the same width, depth,
+    heads and FFN: its MLM head adds one h x h transform, under 1% of the FLOPs at 50M."""
+    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+    if cfg.attention == "causal":
+        model = GPT2LMHeadModel(GPT2Config(
+            vocab_size=cfg.padded_vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.hidden_size,
+            n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.ffn_hidden_size,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=2))
+        labels = batch["input_ids"]  # GPT-2 shifts them itself
+    else:
+        model = BertForMaskedLM(BertConfig(
+            vocab_size=cfg.padded_vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads, intermediate_size=cfg.ffn_hidden_size,
+            max_position_embeddings=cfg.max_seq_len, type_vocab_size=1, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, pad_token_id=0))
+        labels = batch["labels"].masked_fill(~batch["loss_mask"], -100)
+    model = model.to(device)
     if recompute:
         model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    input_ids, _ = batch
+    input_ids = batch["input_ids"]
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=input_ids, labels=input_ids).loss
+            loss = model(input_ids=input_ids, labels=labels).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return step, model
+    return step, model, None
+
+
+def _random_batch(rows: int, seq: int, objective: str) -> dict:
+    """Random codons; CLM predicts the next one everywhere, MLM the 15% it replaced by <mask>."""
+    from helm_scale.codon import Vocabulary
+    vocab, gen = Vocabulary.default(), torch.Generator().manual_seed(0)
+    lo, hi = int(vocab.codon_lookup.min()), int(vocab.codon_lookup.max()) + 1
+    ids = torch.randint(lo, hi, (rows, seq), generator=gen)
+    if objective == "clm":
+        return {"input_ids": ids, "labels": torch.roll(ids, -1, 1),
+                "loss_mask": torch.ones(rows, seq, dtype=torch.bool)}
+    masked = torch.rand(rows, seq, generator=gen) < 0.15
+    return {"input_ids": ids.masked_fill(masked, vocab.mask_id), "labels": ids, "loss_mask": masked}
+
+
+def _build_and_warm(build, warmup, device):
+    """(runner, peak GiB above what was allocated before it; None off CUDA)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    runner = build()
+    for _ in range(warmup):  # the first steps also compile, and create the optimizer state
+        runner[0]()
+    if not cuda:
+        return runner, None
+    torch.cuda.synchronize()
+    return runner, (torch.cuda.max_memory_allocated() - base) / 2**30
 
 
 def _time(step, warmup, steps, device) -> float:
@@ -85,9 +138,19 @@ def _time(step, warmup, steps, device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def _versions() -> dict:
+    import deepspeed
+    import megatron.core
+    import transformers
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "deepspeed": deepspeed.__version__,
+            "megatron_core": megatron.core.__version__, "transformers": transformers.__version__}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="a configs/*.yaml whose model section to use (default: a small CPU size)")
+    ap.add_argument("--objective", choices=("clm", "mlm"), default="clm",
+                    help="mlm: bidirectional attention, loss on 15%% masked codons; the peer is BERT")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=None, help="default: the model's max_seq_len")
     ap.add_argument("--steps", type=int, default=10)
@@ -96,6 +159,8 @@ def main() -> int:
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--activation-checkpointing", action="store_true",
                     help="recompute every block in backward, in both stacks")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile our transformer blocks (parallel.compile); the peer stays eager")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
@@ -107,43 +172,52 @@ def main() -> int:
     from helm_scale.train_config import load_train_config
     cfg = (load_train_config(args.config).model if args.config else
            ModelConfig(num_layers=4, hidden_size=256, ffn_hidden_size=1024, num_heads=4, max_seq_len=128))
+    cfg = dataclasses.replace(cfg, attention="causal" if args.objective == "clm" else "bidirectional")
     seq = args.seq_len or cfg.max_seq_len
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 69, (args.batch, seq), generator=gen).to(device)
-    batch = (ids, torch.roll(ids, -1, 1))
+    batch = {k: v.to(device) for k, v in _random_batch(args.batch, seq, args.objective).items()}
     recompute = args.activation_checkpointing
-    runners = {"helm_scale": _ours(cfg, batch, device, args.bf16, recompute),
-               "hf_gpt2": _peer(cfg, batch, device, args.bf16, recompute)}
-    best = {name: float("inf") for name in runners}
-    for _ in range(args.repeat):  # alternate, so machine load hits both alike
-        for name, (step, _) in runners.items():
+    peer_name = "hf_gpt2" if args.objective == "clm" else "hf_bert"
+    builders = {"helm_scale": lambda: _ours(cfg, batch, device, args.bf16, recompute, args.compile),
+                peer_name: lambda: _peer(cfg, batch, device, args.bf16, recompute)}
+    runners, peak_gib = {}, {}
+    for name, build in builders.items():
+        runners[name], peak_gib[name] = _build_and_warm(build, args.warmup, device)
+    timed = {**{name: runner[0] for name, runner in runners.items()}, "hxe_loss": runners["helm_scale"][2]}
+    best = {name: float("inf") for name in timed}
+    for _ in range(args.repeat):  # alternate, so machine load hits all alike
+        for name, step in timed.items():
             best[name] = min(best[name], _time(step, args.warmup, args.steps, device))
     flops, peak = cfg.flops_per_token(seq), device_peak_tflops(None)
     tokens = args.batch * seq
     rows = {}
-    print(f"model {cfg.num_layers}x{cfg.hidden_size}x{cfg.ffn_hidden_size}, {cfg.num_parameters():,} params, "
+    print(f"{args.objective}, model {cfg.num_layers}x{cfg.hidden_size}x{cfg.ffn_hidden_size}, {cfg.num_parameters():,} params, "
           f"batch {args.batch} x {seq}, {'bf16' if args.bf16 else 'fp32'}, {device}"
-          + (", activation checkpointing" if recompute else ""))
-    print(f"{'stack':<12} {'step ms':>9} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>7} {'params':>12}")
-    for name, seconds in best.items():
-        model = runners[name][1]
+          + (", activation checkpointing" if recompute else "") + (", ours compiled" if args.compile else ""))
+    print(f"{'stack':<12} {'step ms':>9} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>7} {'peak GiB':>9} {'params':>12}")
+    for name in runners:
+        seconds, model = best[name], runners[name][1]
         rows[name] = {"step_s": seconds, "tokens_per_s": tokens / seconds,
                       "tflops": tokens / seconds * flops / 1e12,
                       "mfu": (tokens / seconds * flops / 1e12 / peak) if peak else None,
+                      "peak_gib": peak_gib[name],
                       "parameters": sum(p.numel() for p in model.parameters())}
         r = rows[name]
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
+        mem = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
         print(f"{name:<12} {seconds * 1e3:>9.1f} {r['tokens_per_s']:>12,.0f} {r['tflops']:>9.3f} "
-              f"{mfu:>7} {r['parameters']:>12,}")
-    ratio = rows["helm_scale"]["tokens_per_s"] / rows["hf_gpt2"]["tokens_per_s"]
-    print(f"helm_scale / hf_gpt2 tokens/s: {ratio:.2f}x")
+              f"{mfu:>7} {mem:>9} {r['parameters']:>12,}")
+    hxe_share = best["hxe_loss"] / best["helm_scale"]
+    print(f"HXE loss alone (fwd+bwd): {best['hxe_loss'] * 1e3:.2f} ms = {hxe_share:.1%} of our step")
+    ratio = rows["helm_scale"]["tokens_per_s"] / rows[peer_name]["tokens_per_s"]
+    print(f"helm_scale / {peer_name} tokens/s: {ratio:.2f}x")
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"train_throughput_{device.type}.json")
     write_results(out, {
         "benchmark": "train_throughput", "device": torch.cuda.get_device_name() if device.type == "cuda"
         else f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__, "python": platform.python_version(),
-        "model": cfg.__dict__, "batch": args.batch, "seq_len": seq, "bf16": args.bf16,
-        "activation_checkpointing": recompute,
+        "versions": _versions(), "objective": args.objective, "model": cfg.__dict__, "batch": args.batch, "seq_len": seq, "bf16": args.bf16,
+        "activation_checkpointing": recompute, "compile_ours": args.compile,
+        "hxe_loss_s": best["hxe_loss"], "hxe_share_of_step": hxe_share,
         "flops_per_token": flops, "results": rows, "ratio_tokens_per_s": ratio,
         "command": " ".join(sys.argv)})
     return 0

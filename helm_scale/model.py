@@ -54,7 +54,20 @@ class _LayerNorm(nn.LayerNorm):
 
 
 def _replicated(param: torch.Tensor, sequence_parallel: bool) -> torch.Tensor:
-    return tensor_parallel.copy_to_tensor_model_parallel_region(param) if sequence_parallel else param
+    if not sequence_parallel:
+        return param
+    return tensor_parallel.copy_to_tensor_model_parallel_region(
+        param, group=parallel_state.get_tensor_model_parallel_group())
+
+
+class _RowParallelLinear(tensor_parallel.RowParallelLinear):
+    """megatron 0.16's RowParallelLinear calls its matmul with tp_group=None, which then
+    warns on rank 0 only; under torch.compile that warning is a graph break in every block
+    (on one rank). The group is the layer's own, so the result is unchanged."""
+
+    def _forward_impl(self, input, weight, *args, **kwargs):
+        kwargs["tp_group"] = self.tp_group
+        return super()._forward_impl(input, weight, *args, **kwargs)
 
 
 def _dropout_rng(sharded: bool):
@@ -73,13 +86,13 @@ class _Block(nn.Module):
         # Rows grouped per head as [head, (q, k, v), head_dim]: a contiguous TP slice holds
         # whole heads with their q, k and v, and the full matrix is the same at every TP.
         self.qkv = tensor_parallel.ColumnParallelLinear(h, 3 * h, config=mp, init_method=init, bias=True)
-        self.proj = tensor_parallel.RowParallelLinear(h, h, config=mp, init_method=out_init, bias=True,
-                                                      input_is_parallel=True, skip_bias_add=True)
+        self.proj = _RowParallelLinear(h, h, config=mp, init_method=out_init, bias=True,
+                                       input_is_parallel=True, skip_bias_add=True)
         self.norm2 = _LayerNorm(h, cfg.layernorm_eps, sp, dtype)
         self.fc1 = tensor_parallel.ColumnParallelLinear(h, cfg.ffn_hidden_size, config=mp,
                                                         init_method=init, bias=True)
-        self.fc2 = tensor_parallel.RowParallelLinear(cfg.ffn_hidden_size, h, config=mp, init_method=out_init,
-                                                     bias=True, input_is_parallel=True, skip_bias_add=True)
+        self.fc2 = _RowParallelLinear(cfg.ffn_hidden_size, h, config=mp, init_method=out_init,
+                                      bias=True, input_is_parallel=True, skip_bias_add=True)
 
     def _residual(self, out_and_bias):
         out, bias = out_and_bias  # the bias is added here so that it too is marked replicated
@@ -168,7 +181,8 @@ class HelmTransformer(nn.Module):
             x = x + F.embedding(position_ids, self.position_embeddings)
         x = x.transpose(0, 1).contiguous()  # megatron's [s, b, h]
         if self.sequence_parallel:
-            x = tensor_parallel.scatter_to_sequence_parallel_region(x)
+            x = tensor_parallel.scatter_to_sequence_parallel_region(
+                x, group=parallel_state.get_tensor_model_parallel_group())
         if self.training and self.config.dropout:
             with _dropout_rng(self.sequence_parallel):
                 x = F.dropout(x, self.config.dropout)

@@ -7,7 +7,8 @@
           optimizer (torch), ds_engine (DeepSpeed engine or None), micro_steps
   build_param_groups(model, optim_cfg), clip_grad_norm_tp(params, max_norm, tp_group)
   gather_tp_state(module, tp_group), set_seed(seed), shutdown(code)
-  apply_activation_checkpointing(model) (build_engine applies it when cfg asks)
+  apply_compile(model), apply_activation_checkpointing(model) (build_engine applies them
+  when cfg asks, in that order)
 
 The DeepSpeed backend is imported only when chosen. CPU patches for megatron-core
 (cpu_compat) are applied by init_parallel on CPU-only runs, never at import.
@@ -21,6 +22,7 @@ _LAZY = {
     "build_adamw": "optim", "build_param_groups": "optim", "clip_grad_norm_tp": "optim",
     "ParallelState": "state", "init_parallel": "state", "set_seed": "state", "shutdown": "state",
     "gather_tp_state": "weights", "apply_activation_checkpointing": "recompute",
+    "apply_compile": "compiling",
 }
 
 

@@ -114,6 +114,9 @@ def build_engine(model: nn.Module, optim_cfg: OptimizerConfig, cfg: ParallelConf
         raise ValueError(f"state has TP {state.tp_size} but the config asks for {cfg.tensor_parallel}")
     if getattr(model, "sequence_parallel", False) != cfg.sequence_parallel:
         raise ValueError("the model's sequence_parallel differs from ParallelConfig.sequence_parallel")
+    if cfg.compile:  # first: the checkpoint then recomputes the compiled block
+        from helm_scale.parallel.compiling import apply_compile
+        apply_compile(model)
     if cfg.activation_checkpointing:
         from helm_scale.parallel.recompute import apply_activation_checkpointing
         apply_activation_checkpointing(model)
