@@ -53,14 +53,16 @@ class RunLogger:
         # floats for comparing runs (a resumed step appears again after the original).
         self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a") if enabled else None
 
-    def throughput(self, total_tokens: int) -> dict[str, float]:
+    def throughput(self, total_tokens: int, data_seconds: float = 0.0) -> dict[str, float]:
+        """Since the last call: tokens/s, TFLOP/s per device, MFU, memory, and data_wait, the
+        share of wall time spent waiting for the loader (near 0 when it keeps up)."""
         now = time.perf_counter()
         tokens = total_tokens - self._last_tokens
         seconds = max(now - self._last_time, 1e-9)
         self._last_time, self._last_tokens = now, total_tokens
         tps = tokens / seconds
         out = {"tokens_per_s": tps, "tflops": tps * self.flops_per_token / 1e12 / self.world_size,
-               "memory_gib": memory_gib()}
+               "memory_gib": memory_gib(), "data_wait": min(data_seconds / seconds, 1.0)}
         if self.peak:
             out["mfu"] = out["tflops"] / self.peak
         return out
@@ -82,7 +84,7 @@ class RunLogger:
         self.line(f"step {step:>6}/{max_steps} | loss {m['loss']:.4f} | codon acc {m['codon_accuracy']:.3f}"
                   f" | syn acc {m['synonymous_accuracy']:.3f} | lr {m['lr']:.2e} | gnorm {m['grad_norm']:.3g}"
                   f" | {m['tokens_per_s']:,.0f} tok/s | {m['tflops']:.3f} TFLOP/s/dev{mfu}"
-                  f" | mem {m['memory_gib']:.2f} GiB")
+                  f" | data {m['data_wait']:.0%} | mem {m['memory_gib']:.2f} GiB")
 
     def eval_line(self, step: int, m: dict[str, float]) -> None:
         self.line(f"eval @ {step:>6} | loss {m['loss']:.4f} | ppl {m['perplexity']:.3f} | codon acc "

@@ -95,7 +95,7 @@ class Trainer:
             num_workers=d.num_workers)
         self.loader = build_loader(self.loader_cfg, self.state.dp_rank, self.state.dp_size)
         self.step, self.input_tokens, self.saved_step = 0, 0, None
-        self._batches, self._window = None, {}
+        self._batches, self._window, self._data_seconds = None, {}, 0.0
         if point is not None and point.step >= cfg.schedule.max_steps:
             self.step = point.step  # finished: fit() says so, nothing to load
         elif point is not None:
@@ -108,14 +108,19 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
 
     def _next_batch(self) -> dict:
-        """The loader yields the rest of an epoch per iteration; the next starts a new epoch."""
-        for _ in range(2):
-            if self._batches is None:
-                self._batches = iter(self.loader)
-            try:
-                return _to(next(self._batches), self.state.device)
-            except StopIteration:
-                self._batches = None
+        """The loader yields the rest of an epoch per iteration; the next starts a new epoch.
+        The time spent here is logged as the share of wall time waiting for data."""
+        started = time.perf_counter()
+        try:
+            for _ in range(2):
+                if self._batches is None:
+                    self._batches = iter(self.loader)
+                try:
+                    return _to(next(self._batches), self.state.device)
+                except StopIteration:
+                    self._batches = None
+        finally:
+            self._data_seconds += time.perf_counter() - started
         raise RuntimeError("the training split yields no batch: it is smaller than one global batch")
 
     def _reduce(self, sums: dict) -> dict:
@@ -185,11 +190,12 @@ class Trainer:
         reduced = self._reduce(self._window)
         self.input_tokens += int(reduced["input_tokens"])
         metrics = {k: float(v) for k, v in metric_means(reduced).items()}
-        metrics.update(self.log.throughput(self.input_tokens), lr=lr_at(self.step - 1, cfg.optim.lr, cfg.schedule),
+        metrics.update(self.log.throughput(self.input_tokens, self._data_seconds),
+                       lr=lr_at(self.step - 1, cfg.optim.lr, cfg.schedule),
                        grad_norm=float("nan") if grad_norm is None else float(grad_norm))
         self.log.train_line(self.step, cfg.schedule.max_steps, metrics)
         self.log.scalars("train", metrics, self.step)
-        self._window = {}
+        self._window, self._data_seconds = {}, 0.0
         return metrics
 
     def fit(self) -> dict:

@@ -74,6 +74,7 @@ BACKENDS = [
     ["parallel.backend=deepspeed", "parallel.zero_stage=2"],
     ["parallel.backend=deepspeed", "parallel.zero_stage=3", "parallel.accumulation_steps=2"],
     ["parallel.backend=deepspeed", "parallel.zero_stage=1", "parallel.tensor_parallel=2"],
+    ["parallel.backend=ddp", "parallel.compile=true", "parallel.activation_checkpointing=true"],
 ]
 
 
@@ -84,10 +85,36 @@ def test_every_backend_trains_through_the_trainer(synthetic_dataset, tmp_path):
     results = run_ranks(_train, 2, synthetic_dataset, str(tmp_path), [b + short for b in BACKENDS])
     for config, res in zip(BACKENDS, results[0]):
         assert math.isfinite(res["train"]["loss"]) and res["after"]["loss"] < res["before"]["loss"], config
+        assert 0 <= res["train"]["data_wait"] <= 1, config
     for a, b in zip(*results):  # every rank reports the same reduced metrics (timings aside)
         assert (a["before"], a["after"], a["train"]["loss"]) == (b["before"], b["after"], b["train"]["loss"])
     assert (tmp_path / "0" / "config.yaml").is_file()
     assert any((tmp_path / "0" / "tensorboard").iterdir())
+
+
+def _data_wait(rank, world_size, dataset, run_dir, seconds_per_batch):
+    import time
+
+    from helm_scale.train_config import load_train_config
+    from helm_scale.trainer import Trainer
+    cfg = load_train_config(TINY, [f"data.dataset_dir={dataset}", f"run.run_dir={run_dir}", "data.num_workers=0",
+                                   "schedule.max_steps=4", "schedule.warmup_steps=1", "run.log_interval=4",
+                                   "run.eval_interval=0", "data.micro_batch_size=4", "data.seq_len=64"])
+    trainer = Trainer(cfg)
+
+    def slow(batches):  # a loader that takes seconds_per_batch to produce each batch
+        for batch in batches:
+            time.sleep(seconds_per_batch)
+            yield batch
+    trainer._batches = slow(iter(trainer.loader))
+    return trainer.fit()["train"]["data_wait"]
+
+
+@pytest.mark.slow
+def test_data_wait_is_the_share_of_time_spent_in_the_loader(synthetic_dataset, tmp_path):
+    slow = run_ranks(_data_wait, 1, synthetic_dataset, str(tmp_path / "slow"), 0.5)[0]
+    fast = run_ranks(_data_wait, 1, synthetic_dataset, str(tmp_path / "fast"), 0.0)[0]
+    assert slow > 0.6 and fast < 0.5 * slow, (slow, fast)
 
 
 @pytest.mark.slow
