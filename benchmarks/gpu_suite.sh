@@ -45,9 +45,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 case $part in
   50m)
     for objective in clm mlm; do
-      bench "train_50m_${objective}" benchmarks/train_throughput.py "${size_50m[@]}" --bf16 --objective $objective
+      bench "train_50m_${objective}" benchmarks/train_throughput.py "${size_50m[@]}" --bf16 --objective $objective \
+        --profile
       bench "train_50m_${objective}_compiled" benchmarks/train_throughput.py "${size_50m[@]}" --bf16 \
-        --objective $objective --compile
+        --objective $objective --compile --profile
     done ;;
   1b)
     bench train_1b_recompute benchmarks/train_throughput.py --config $config_1b "${size_1b[@]}" --bf16 \

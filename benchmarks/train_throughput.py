@@ -125,6 +125,22 @@ def _build_and_warm(build, warmup, device):
     return runner, (torch.cuda.max_memory_allocated() - base) / 2**30
 
 
+def _top_ops(step, device, steps=3, top=12) -> list[dict]:
+    """The ops that take the most time over a few steps (self time: where a kernel is spent,
+    not its callers), on the GPU where there is one: what to fuse next."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [{"op": e.key, "calls_per_step": e.count / steps, "self_ms_per_step": getattr(e, key) / 1e3 / steps}
+            for e in events]
+
+
 def _time(step, warmup, steps, device) -> float:
     for _ in range(warmup):
         step()
@@ -161,6 +177,8 @@ def main() -> int:
                     help="recompute every block in backward, in both stacks")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile our transformer blocks (parallel.compile); the peer stays eager")
+    ap.add_argument("--profile", action="store_true",
+                    help="also record each stack's most expensive ops over 3 steps (torch.profiler)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
@@ -209,6 +227,11 @@ def main() -> int:
               f"{mfu:>7} {mem:>9} {r['parameters']:>12,}")
     hxe_share = best["hxe_loss"] / best["helm_scale"]
     print(f"HXE loss alone (fwd+bwd): {best['hxe_loss'] * 1e3:.2f} ms = {hxe_share:.1%} of our step")
+    profiles = {name: _top_ops(runner[0], device) for name, runner in runners.items()} if args.profile else {}
+    for name, ops in profiles.items():
+        print(f"{name}: most expensive ops, ms per step (self time)")
+        for op in ops:
+            print(f"  {op['self_ms_per_step']:9.2f}  x{op['calls_per_step']:<6g} {op['op'][:90]}")
     ratio = rows["helm_scale"]["tokens_per_s"] / rows[peer_name]["tokens_per_s"]
     print(f"helm_scale / {peer_name} tokens/s: {ratio:.2f}x")
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"train_throughput_{device.type}.json")
@@ -218,7 +241,7 @@ def main() -> int:
         "versions": _versions(), "objective": args.objective, "model": cfg.__dict__, "batch": args.batch, "seq_len": seq, "bf16": args.bf16,
         "activation_checkpointing": recompute, "compile_ours": args.compile,
         "hxe_loss_s": best["hxe_loss"], "hxe_share_of_step": hxe_share,
-        "flops_per_token": flops, "results": rows, "ratio_tokens_per_s": ratio,
+        "flops_per_token": flops, "results": rows, "ratio_tokens_per_s": ratio, "profile": profiles,
         "command": " ".join(sys.argv)})
     return 0
 
