@@ -209,7 +209,8 @@ def main() -> int:
     flops, peak = cfg.flops_per_token(seq), device_peak_tflops(None)
     tokens = args.batch * seq
     rows = {}
-    print(f"{args.objective}, model {cfg.num_layers}x{cfg.hidden_size}x{cfg.ffn_hidden_size}, {cfg.num_parameters():,} params, "
+    print(f"{args.objective}, model {cfg.num_layers}x{cfg.hidden_size}x{cfg.ffn_hidden_size}, "
+          f"{cfg.num_parameters():,} params, "
           f"batch {args.batch} x {seq}, {'bf16' if args.bf16 else 'fp32'}, {device}"
           + (", activation checkpointing" if recompute else "") + (", ours compiled" if args.compile else ""))
     print(f"{'stack':<12} {'step ms':>9} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>7} {'peak GiB':>9} {'params':>12}")
@@ -238,7 +239,8 @@ def main() -> int:
     write_results(out, {
         "benchmark": "train_throughput", "device": torch.cuda.get_device_name() if device.type == "cuda"
         else f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__, "python": platform.python_version(),
-        "versions": _versions(), "objective": args.objective, "model": cfg.__dict__, "batch": args.batch, "seq_len": seq, "bf16": args.bf16,
+        "versions": _versions(), "objective": args.objective, "model": cfg.__dict__, "batch": args.batch,
+        "seq_len": seq, "bf16": args.bf16,
         "activation_checkpointing": recompute, "compile_ours": args.compile,
         "hxe_loss_s": best["hxe_loss"], "hxe_share_of_step": hxe_share,
         "flops_per_token": flops, "results": rows, "ratio_tokens_per_s": ratio, "profile": profiles,
