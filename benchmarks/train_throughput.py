@@ -9,8 +9,18 @@ alternately in one process, and so does the HXE loss alone (forward + backward o
 logits of the step's shape, one copy of them included), whose time is reported as a
 share of our step.
 
+Batches. By default, random codons fill every row: no padding, no packing, and SDPA gets
+is_causal. With --dataset (a directory `helm_scale prep` wrote), the rows are what users
+train on: a few micro-batches from our loader with packing (several sequences per row,
+a block-diagonal attention mask, the trainer's path), and the peer gets the same
+sequences one per row with an attention mask, padded to the longest of the batch
+(dynamic padding, the peer's best case) or, with --peer-padding max, to the row length
+(a tokenizer's padding="max_length"). Tokens/s then counts real tokens only, so packing
+is credited and padding is not; both stacks see the same real tokens each step.
+
 FLOPs per token (both models, same shapes): 6 x (L(4h^2 + 2hf) + V h) + 12 L h S,
-forward + backward, attention included (helm_scale.model.ModelConfig.flops_per_token).
+forward + backward, attention included (helm_scale.model.ModelConfig.flops_per_token),
+S the row length; TFLOP/s and MFU count real tokens only.
 Peak memory (CUDA only): the most allocated while the stack was built and warmed up,
 above what was allocated before it (so the other stack's tensors do not count).
 
@@ -19,11 +29,13 @@ Usage:
   python benchmarks/train_throughput.py --config configs/helm_50m.yaml --batch 128 --bf16 [--compile]   # GPU
   python benchmarks/train_throughput.py --config configs/helm_1b.yaml --batch 16 --bf16 --activation-checkpointing
   add --objective mlm for the bidirectional model with 15% masked codons (peer: HF BERT)
+  add --dataset DIR for real sequences: ours packed, the peer padded (see Batches)
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import platform
 import sys
@@ -37,7 +49,11 @@ sys.path.insert(0, str(ROOT))
 from results_io import write_results  # noqa: E402  (beside this script)
 
 
-def _ours(cfg, batch, device, bf16, recompute, compile_blocks):
+MODEL_INPUTS = ("input_ids", "position_ids", "segment_ids")  # what the trainer feeds packed rows
+CORPUS_BATCHES = 4  # distinct micro-batches cycled with --dataset: lengths vary between them
+
+
+def _ours(cfg, batches, device, bf16, recompute, compile_blocks):
     from helm_scale.codon import Vocabulary
     from helm_scale.losses import LossConfig, build_loss
     from helm_scale.model import HelmTransformer
@@ -49,14 +65,16 @@ def _ours(cfg, batch, device, bf16, recompute, compile_blocks):
     engine = build_engine(HelmTransformer(cfg), OptimizerConfig(lr=1e-4), pcfg, state)
     loss_fn = build_loss(LossConfig(name="hxe", overwrite_logits=True), Vocabulary.default(),
                          cfg.padded_vocab_size)
-    input_ids, labels, mask = batch["input_ids"], batch["labels"], batch["loss_mask"]
+    turns = itertools.cycle(batches)
 
     def step():
-        logits = engine(input_ids)
-        out = loss_fn(logits.float() if bf16 else logits, labels, mask)
+        batch = next(turns)
+        logits = engine(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        out = loss_fn(logits.float() if bf16 else logits, batch["labels"], batch["loss_mask"])
         engine.backward(out.loss)
         engine.step()
 
+    labels, mask = batches[0]["labels"], batches[0]["loss_mask"]
     logits = torch.randn(*labels.shape, cfg.padded_vocab_size, device=device) * 3
 
     def loss_alone():
@@ -64,7 +82,7 @@ def _ours(cfg, batch, device, bf16, recompute, compile_blocks):
     return step, engine.module, loss_alone
 
 
-def _peer(cfg, batch, device, bf16, recompute):
+def _peer(cfg, batches, device, bf16, recompute):
     """GPT-2 for CLM; for MLM, BERT (HF has no bidirectional GPT-2) at the same width, depth,
     heads and FFN: its MLM head adds one h x h transform, under 1% of the FLOPs at 50M."""
     from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
@@ -73,31 +91,30 @@ def _peer(cfg, batch, device, bf16, recompute):
             vocab_size=cfg.padded_vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.hidden_size,
             n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.ffn_hidden_size,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=2))
-        labels = batch["input_ids"]  # GPT-2 shifts them itself
     else:
         model = BertForMaskedLM(BertConfig(
             vocab_size=cfg.padded_vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
             num_attention_heads=cfg.num_heads, intermediate_size=cfg.ffn_hidden_size,
             max_position_embeddings=cfg.max_seq_len, type_vocab_size=1, hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0, pad_token_id=0))
-        labels = batch["labels"].masked_fill(~batch["loss_mask"], -100)
     model = model.to(device)
     if recompute:
         model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    input_ids = batch["input_ids"]
+    turns = itertools.cycle(batches)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=input_ids, labels=labels).loss
+            loss = model(**next(turns)).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step, model, None
 
 
-def _random_batch(rows: int, seq: int, objective: str) -> dict:
-    """Random codons; CLM predicts the next one everywhere, MLM the 15% it replaced by <mask>."""
+def _synthetic_batch(rows: int, seq: int, objective: str) -> dict:
+    """Random codons in every slot; CLM predicts the next one everywhere, MLM the 15% it
+    replaced by <mask>."""
     from helm_scale.codon import Vocabulary
     vocab, gen = Vocabulary.default(), torch.Generator().manual_seed(0)
     lo, hi = int(vocab.codon_lookup.min()), int(vocab.codon_lookup.max()) + 1
@@ -107,6 +124,44 @@ def _random_batch(rows: int, seq: int, objective: str) -> dict:
                 "loss_mask": torch.ones(rows, seq, dtype=torch.bool)}
     masked = torch.rand(rows, seq, generator=gen) < 0.15
     return {"input_ids": ids.masked_fill(masked, vocab.mask_id), "labels": ids, "loss_mask": masked}
+
+
+def _corpus_batches(dataset: str, rows: int, seq: int, objective: str, count: int) -> list[dict]:
+    """The first ``count`` packed micro-batches our loader makes of a prepared dataset."""
+    from helm_scale.data import LoaderConfig, build_loader
+    loader = build_loader(LoaderConfig(dataset, objective=objective, seq_len=seq, micro_batch_size=rows,
+                                       pack=True, num_workers=0))
+    batches = [batch for batch, _ in zip(loader, range(count))]
+    if len(batches) < count:
+        raise SystemExit(f"{dataset}: fewer than {count} micro-batches of {rows} packed rows")
+    return batches
+
+
+def _for_peer(batch: dict, objective: str, pad_to_row: bool) -> dict:
+    """The HF model's arguments for the same sequences: one per row (when ours are packed),
+    padded to the longest or to our row length, loss where ours has it. GPT-2 shifts its
+    labels itself."""
+    if "segment_ids" not in batch:  # synthetic: full rows, nothing to unpack
+        labels = batch["input_ids"] if objective == "clm" else batch["labels"].masked_fill(~batch["loss_mask"], -100)
+        return {"input_ids": batch["input_ids"], "labels": labels}
+    from helm_scale.codon import Vocabulary
+    segments = batch["segment_ids"]
+    pieces = [(row, seg) for row in range(len(segments)) for seg in segments[row].unique().tolist() if seg]
+    longest = segments.shape[1] if pad_to_row else max(int((segments[row] == seg).sum()) for row, seg in pieces)
+    ids = torch.full((len(pieces), longest), Vocabulary.default().pad_id, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    attention = torch.zeros_like(ids)
+    for i, (row, seg) in enumerate(pieces):
+        where = segments[row] == seg
+        n = int(where.sum())
+        ids[i, :n], attention[i, :n] = batch["input_ids"][row][where], 1
+        labels[i, :n] = ids[i, :n] if objective == "clm" else batch["labels"][row][where]
+    return {"input_ids": ids, "labels": labels, "attention_mask": attention}
+
+
+def _real_tokens(batch: dict) -> int:
+    mask = batch.get("attention_mask", batch.get("segment_ids"))
+    return batch["input_ids"].numel() if mask is None else int((mask > 0).sum())
 
 
 def _build_and_warm(build, warmup, device):
@@ -167,7 +222,11 @@ def main() -> int:
     ap.add_argument("--config", help="a configs/*.yaml whose model section to use (default: a small CPU size)")
     ap.add_argument("--objective", choices=("clm", "mlm"), default="clm",
                     help="mlm: bidirectional attention, loss on 15%% masked codons; the peer is BERT")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--dataset", help="a prepared dataset (helm_scale prep): real sequences, ours packed, "
+                    "the peer padded; default: random codons in full rows")
+    ap.add_argument("--peer-padding", choices=("longest", "max"), default="longest",
+                    help="with --dataset: pad the peer's rows to the batch's longest sequence, or to --seq-len")
+    ap.add_argument("--batch", type=int, default=8, help="rows per step (ours; packed rows with --dataset)")
     ap.add_argument("--seq-len", type=int, default=None, help="default: the model's max_seq_len")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -189,43 +248,53 @@ def main() -> int:
     from helm_scale.observe import device_peak_tflops
     from helm_scale.train_config import load_train_config
     cfg = (load_train_config(args.config).model if args.config else
-           ModelConfig(num_layers=4, hidden_size=256, ffn_hidden_size=1024, num_heads=4, max_seq_len=128))
+           ModelConfig(num_layers=4, hidden_size=256, ffn_hidden_size=1024, num_heads=4,
+                       max_seq_len=args.seq_len or 128))
     cfg = dataclasses.replace(cfg, attention="causal" if args.objective == "clm" else "bidirectional")
     seq = args.seq_len or cfg.max_seq_len
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    batch = {k: v.to(device) for k, v in _random_batch(args.batch, seq, args.objective).items()}
+    ours = (_corpus_batches(args.dataset, args.batch, seq, args.objective, CORPUS_BATCHES) if args.dataset
+            else [_synthetic_batch(args.batch, seq, args.objective)])
+    peers = [_for_peer(b, args.objective, args.peer_padding == "max") for b in ours]
+    ours, peers = ([{k: v.to(device) for k, v in b.items()} for b in bs] for bs in (ours, peers))
+    # Every timed and warm-up run covers each batch equally often.
+    steps, warmup = (-(-n // len(ours)) * len(ours) for n in (args.steps, args.warmup))
     recompute = args.activation_checkpointing
     peer_name = "hf_gpt2" if args.objective == "clm" else "hf_bert"
-    builders = {"helm_scale": lambda: _ours(cfg, batch, device, args.bf16, recompute, args.compile),
-                peer_name: lambda: _peer(cfg, batch, device, args.bf16, recompute)}
+    builders = {"helm_scale": lambda: _ours(cfg, ours, device, args.bf16, recompute, args.compile),
+                peer_name: lambda: _peer(cfg, peers, device, args.bf16, recompute)}
     runners, peak_gib = {}, {}
     for name, build in builders.items():
-        runners[name], peak_gib[name] = _build_and_warm(build, args.warmup, device)
+        runners[name], peak_gib[name] = _build_and_warm(build, warmup, device)
     timed = {**{name: runner[0] for name, runner in runners.items()}, "hxe_loss": runners["helm_scale"][2]}
     best = {name: float("inf") for name in timed}
     for _ in range(args.repeat):  # alternate, so machine load hits all alike
         for name, step in timed.items():
-            best[name] = min(best[name], _time(step, args.warmup, args.steps, device))
+            best[name] = min(best[name], _time(step, warmup, steps, device))
     flops, peak = cfg.flops_per_token(seq), device_peak_tflops(None)
-    tokens = args.batch * seq
+    tokens = sum(map(_real_tokens, ours)) / len(ours)  # real tokens per step, the same for both
+    padding = {"helm_scale": 1 - tokens / ours[0]["input_ids"].numel(),
+               peer_name: 1 - tokens * len(peers) / sum(b["input_ids"].numel() for b in peers)}
     rows = {}
     print(f"{args.objective}, model {cfg.num_layers}x{cfg.hidden_size}x{cfg.ffn_hidden_size}, "
           f"{cfg.num_parameters():,} params, "
-          f"batch {args.batch} x {seq}, {'bf16' if args.bf16 else 'fp32'}, {device}"
+          f"batch {args.batch} x {seq}, {'bf16' if args.bf16 else 'fp32'}, {device}, "
+          + (f"{args.dataset}: ours packed, peer padded to {args.peer_padding}" if args.dataset else "random codons, full rows")
           + (", activation checkpointing" if recompute else "") + (", ours compiled" if args.compile else ""))
-    print(f"{'stack':<12} {'step ms':>9} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>7} {'peak GiB':>9} {'params':>12}")
+    print(f"{'stack':<12} {'step ms':>9} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>7} {'padding':>8} "
+          f"{'peak GiB':>9} {'params':>12}")
     for name in runners:
         seconds, model = best[name], runners[name][1]
         rows[name] = {"step_s": seconds, "tokens_per_s": tokens / seconds,
                       "tflops": tokens / seconds * flops / 1e12,
                       "mfu": (tokens / seconds * flops / 1e12 / peak) if peak else None,
-                      "peak_gib": peak_gib[name],
+                      "padding": padding[name], "peak_gib": peak_gib[name],
                       "parameters": sum(p.numel() for p in model.parameters())}
         r = rows[name]
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
         mem = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
         print(f"{name:<12} {seconds * 1e3:>9.1f} {r['tokens_per_s']:>12,.0f} {r['tflops']:>9.3f} "
-              f"{mfu:>7} {mem:>9} {r['parameters']:>12,}")
+              f"{mfu:>7} {r['padding']:>8.1%} {mem:>9} {r['parameters']:>12,}")
     hxe_share = best["hxe_loss"] / best["helm_scale"]
     print(f"HXE loss alone (fwd+bwd): {best['hxe_loss'] * 1e3:.2f} ms = {hxe_share:.1%} of our step")
     profiles = {name: _top_ops(runner[0], device) for name, runner in runners.items()} if args.profile else {}
@@ -240,7 +309,9 @@ def main() -> int:
         "benchmark": "train_throughput", "device": torch.cuda.get_device_name() if device.type == "cuda"
         else f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__, "python": platform.python_version(),
         "versions": _versions(), "objective": args.objective, "model": cfg.__dict__, "batch": args.batch,
-        "seq_len": seq, "bf16": args.bf16,
+        "seq_len": seq, "bf16": args.bf16, "dataset": args.dataset, "real_tokens_per_step": tokens,
+        "peer_padding": args.peer_padding if args.dataset else None,
+        "peer_sequences_per_step": sum(len(b["input_ids"]) for b in peers) / len(peers),
         "activation_checkpointing": recompute, "compile_ours": args.compile,
         "hxe_loss_s": best["hxe_loss"], "hxe_share_of_step": hxe_share,
         "flops_per_token": flops, "results": rows, "ratio_tokens_per_s": ratio, "profile": profiles,

@@ -24,6 +24,7 @@ class DataConfig:
     seq_len: int = 444
     micro_batch_size: int = 8
     pack: bool = False
+    pad_to_multiple_of: int = 0       # k > 0: batches end at their longest row, rounded up to k
     shuffle_window: int = 1 << 16
     mask_prob: float = 0.15
     mask_replace_ratios: tuple[float, float, float] = (1.0, 0.0, 0.0)
@@ -34,6 +35,8 @@ class DataConfig:
     def __post_init__(self):
         if self.objective not in ("clm", "mlm"):
             raise ValueError(f"objective must be 'clm' or 'mlm', got {self.objective!r}")
+        if self.pad_to_multiple_of < 0:
+            raise ValueError("pad_to_multiple_of must be >= 0 (0: every batch seq_len wide)")
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,9 @@ class TrainConfig:
                               "run or checkpoint directory")
         if self.parallel.sequence_parallel and self.data.seq_len % tp:
             raise ConfigError(f"sequence_parallel needs data.seq_len divisible by TP {tp}")
+        if self.parallel.sequence_parallel and self.data.pad_to_multiple_of % tp:
+            raise ConfigError(f"sequence_parallel needs data.pad_to_multiple_of divisible by TP {tp}: "
+                              "every batch's length must split evenly across the TP ranks")
         dp = world_size // tp
         wanted_batch = self.data.global_batch_size
         if wanted_batch is not None and wanted_batch != self.global_batch_size(dp):

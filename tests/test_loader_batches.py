@@ -70,6 +70,29 @@ def test_clm_batches_hold_the_stored_tokens_with_shifted_labels_inside_sequences
         assert len(seen) == len(truth) // 8 * 8
 
 
+@pytest.mark.parametrize("objective,pack", [("clm", False), ("mlm", False), ("clm", True)])
+def test_pad_to_multiple_of_cuts_only_padding_columns(small_dataset, objective, pack):
+    full = _epoch(build_loader(_cfg(small_dataset, objective=objective, pack=pack, seq_len=160)))
+    cut = _epoch(build_loader(_cfg(small_dataset, objective=objective, pack=pack, seq_len=160,
+                                   pad_to_multiple_of=24)))
+    assert len(cut) == len(full)
+    widths = set()
+    for f, c in zip(full, cut):
+        width = c["input_ids"].shape[1]
+        longest = int((f["segment_ids"] > 0).sum(1).max())
+        assert width == min(160, -(-longest // 24) * 24) and width >= longest
+        widths.add(width)
+        assert (f["segment_ids"][:, width:] == 0).all()
+        for key in f:
+            assert torch.equal(c[key], f[key][:, :width]), key  # masks too: keyed by position
+    assert len(widths) > 1 and min(widths) < 160  # the fixture's lengths vary: so do the widths
+
+
+def test_pad_to_multiple_of_refuses_a_negative_multiple(small_dataset):
+    with pytest.raises(ValueError, match="pad_to_multiple_of"):
+        _cfg(small_dataset, pad_to_multiple_of=-8)
+
+
 def test_block_attention_mask_never_crosses_a_packed_boundary(small_dataset):
     batch = next(iter(build_loader(_cfg(small_dataset, pack=True))))
     seg = batch["segment_ids"]

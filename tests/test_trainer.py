@@ -35,6 +35,7 @@ def test_lr_warms_up_then_decays_to_min_lr():
     (["data.global_batch_size=64"], "data.global_batch_size 64 != micro_batch_size 16 x accumulation_steps 1 x DP 1"),
     (["schedule.warmup_steps=5000"], "got max_steps=300, warmup_steps=5000"),
     (["run.keep_last=0"], "keep_every >= 0; got 1000, 0, 0"),
+    (["data.pad_to_multiple_of=-8"], "pad_to_multiple_of must be >= 0"),
 ])
 def test_bad_config_fails_before_any_process_group(overrides, message, capsys, synthetic_dataset, monkeypatch):
     def tripwire(*args, **kwargs):
@@ -48,6 +49,13 @@ def test_world_size_must_be_a_multiple_of_tp(capsys, monkeypatch, synthetic_data
     monkeypatch.setenv("WORLD_SIZE", "3")
     code = main(["train", TINY, f"data.dataset_dir={synthetic_dataset}", "parallel.tensor_parallel=2"])
     assert code == 2 and "world size 3 is not a multiple" in capsys.readouterr().err
+
+
+def test_sequence_parallel_needs_batch_lengths_that_split_across_tp(capsys, monkeypatch, synthetic_dataset):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = main(["train", TINY, f"data.dataset_dir={synthetic_dataset}", "parallel.tensor_parallel=2",
+                 "parallel.sequence_parallel=true", "data.pad_to_multiple_of=3"])
+    assert code == 2 and "data.pad_to_multiple_of divisible by TP 2" in capsys.readouterr().err
 
 
 def _train(rank, world_size, dataset, run_dir, overrides_list):
@@ -90,6 +98,23 @@ def test_every_backend_trains_through_the_trainer(synthetic_dataset, tmp_path):
         assert (a["before"], a["after"], a["train"]["loss"]) == (b["before"], b["after"], b["train"]["loss"])
     assert (tmp_path / "0" / "config.yaml").is_file()
     assert any((tmp_path / "0" / "tensorboard").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_cutting_padding_columns_trains_like_full_rows(synthetic_dataset, tmp_path, objective):
+    attention = "causal" if objective == "clm" else "bidirectional"
+    base = ["schedule.max_steps=4", "schedule.warmup_steps=1", "run.log_interval=4", "run.eval_interval=0",
+            "run.eval_batches=2", "data.micro_batch_size=4", "data.seq_len=128", f"data.objective={objective}",
+            f"model.attention={attention}"]
+    full, cut = run_ranks(_train, 1, synthetic_dataset, str(tmp_path), [base, base + ["data.pad_to_multiple_of=8"]])[0]
+    for key in ("before", "after"):  # the same tokens, fewer padding columns: the same numbers
+        assert cut[key]["loss"] == pytest.approx(full[key]["loss"], rel=1e-5), key
+    assert cut["train"]["loss"] == pytest.approx(full["train"]["loss"], rel=1e-5)
+    from helm_scale.data import LoaderConfig, build_loader
+    loader = build_loader(LoaderConfig(synthetic_dataset, objective=objective, seq_len=128, micro_batch_size=4,
+                                       num_workers=0, pad_to_multiple_of=8))
+    assert min(b["input_ids"].shape[1] for b in loader) <= 96  # columns were cut indeed
 
 
 def _data_wait(rank, world_size, dataset, run_dir, seconds_per_batch):

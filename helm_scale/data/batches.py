@@ -1,6 +1,8 @@
 """Rows of samples -> the tensors a model step takes, for causal and masked LM.
 
-Every batch is a dict of ``[micro_batch, seq_len]`` tensors:
+Every batch is a dict of ``[micro_batch, L]`` tensors, L = seq_len, or with
+``pad_to_multiple_of`` k > 0 the batch's longest row rounded up to a multiple of k (at
+most seq_len): the columns past every row's end would be padding only.
 
     input_ids     int64  tokens (<cls> codons <eos> per sequence, then <pad>)
     labels        int64  the target of the prediction made AT each position, -100 where
@@ -99,11 +101,13 @@ class Collator:
     """Builds one micro-batch from rows of (sample index, token array with specials)."""
 
     def __init__(self, vocab: Vocabulary, seq_len: int, objective: str, seed: int,
-                 masking: MaskingSpec = MaskingSpec()):
+                 masking: MaskingSpec = MaskingSpec(), pad_to_multiple_of: int = 0):
         if objective not in ("clm", "mlm"):
             raise ValueError(f"objective must be 'clm' or 'mlm', not {objective!r}")
+        if pad_to_multiple_of < 0:
+            raise ValueError("pad_to_multiple_of must be >= 0 (0: every row seq_len long)")
         self.vocab, self.seq_len, self.objective, self.seed = vocab, seq_len, objective, seed
-        self.masking = masking
+        self.masking, self.pad_to_multiple_of = masking, pad_to_multiple_of
         self._is_special = np.zeros(len(vocab), dtype=bool)
         self._is_special[list(vocab.special_ids)] = True
 
@@ -114,9 +118,13 @@ class Collator:
         b, length = len(rows), self.seq_len
         lens = np.array([len(t) for row in rows for _, t in row], dtype=np.int64)
         row_of = np.repeat(np.arange(b), [len(row) for row in rows])
-        row_fill = np.bincount(row_of, weights=lens, minlength=b)
-        if row_fill.max(initial=0) > length:
-            raise ValueError(f"a row of {int(row_fill.max())} tokens exceeds seq_len {length}")
+        row_fill = np.bincount(row_of, weights=lens, minlength=b).astype(np.int64)
+        longest = int(row_fill.max(initial=0))
+        if longest > length:
+            raise ValueError(f"a row of {longest} tokens exceeds seq_len {length}")
+        if self.pad_to_multiple_of:
+            k = self.pad_to_multiple_of
+            length = min(length, max(-(-longest // k) * k, k))
         seg_ends = np.cumsum(lens)
         seg_starts = seg_ends - lens
         row_first_seg = np.searchsorted(row_of, np.arange(b))  # rows are grouped in order

@@ -51,6 +51,9 @@ class LoaderConfig:
     shuffle: bool = True                # False: manifest order (evaluation)
     shuffle_window: int = 1 << 16       # samples per shuffle window: the shuffle buffer
     pack: bool = False                  # several sequences per row
+    # 0: every batch seq_len wide. k > 0: cut at the batch's longest row, rounded up to a
+    # multiple of k, so unpacked rows of short sequences skip most of their padding.
+    pad_to_multiple_of: int = 0
     mask_prob: float = 0.15
     mask_replace_ratios: tuple[float, float, float] = (1.0, 0.0, 0.0)  # (0.8, 0.1, 0.1): BERT
     num_workers: int = 2
@@ -64,8 +67,8 @@ class LoaderConfig:
     vocabulary: Vocabulary = field(default_factory=Vocabulary.default)
 
     def __post_init__(self):
-        if self.seq_len < 3 or self.micro_batch_size < 1 or self.num_workers < 0:
-            raise ValueError("need seq_len >= 3, micro_batch_size >= 1, num_workers >= 0")
+        if self.seq_len < 3 or self.micro_batch_size < 1 or self.num_workers < 0 or self.pad_to_multiple_of < 0:
+            raise ValueError("need seq_len >= 3, micro_batch_size >= 1, num_workers >= 0, pad_to_multiple_of >= 0")
         if self.seed < 0:
             raise ValueError("seed must be >= 0")
         MaskingSpec(self.mask_prob, tuple(self.mask_replace_ratios))  # validates
@@ -85,7 +88,8 @@ class _MicroBatches(Dataset):
         self.cfg, self.reader, self.dp_rank = cfg, reader, dp_rank
         self.codon_lengths = codon_lengths
         self.collator = Collator(cfg.vocabulary, cfg.seq_len, cfg.objective, cfg.seed,
-                                 MaskingSpec(cfg.mask_prob, tuple(cfg.mask_replace_ratios)))
+                                 MaskingSpec(cfg.mask_prob, tuple(cfg.mask_replace_ratios)),
+                                 cfg.pad_to_multiple_of)
         self._plans: dict[int, RowPlan] = {}
 
     def __getstate__(self):
