@@ -3,15 +3,17 @@
 # limit allows (a lent GPU is held for minutes, so nothing is run twice by hand):
 #   part 50m: HELM-50M CLM and MLM against the peer, eager and with --compile;
 #   part 1b:  the 1B config compiled, with and without activation checkpointing, and eager;
-#   part io:  checkpoint save / load at 1B.
+#   part io:  checkpoint save / load at 1B;
+#   part corpus: HELM-50M CLM on real sequences (each *.fasta.gz in $CORPUS_DIR, default
+#             .data, carried: ../shared/data does not travel), ours packed and padded.
 # Each run writes benchmarks/results/<name>.json and .log; when $OUT is set (the device
 # tool), the lot is also packed into $OUT/gpu_results.tgz, one file to bring back.
 # SMOKE=1 runs the same commands at a small size on any machine, to check the suite itself.
 #
-#   bash benchmarks/gpu_suite.sh 50m     # then 1b, then io: one device call each
+#   bash benchmarks/gpu_suite.sh 50m     # then 1b, io and corpus: one device call each
 set -uo pipefail  # not -e: one failed benchmark must not lose the results of the others
 cd "$(dirname "$0")/.."
-part=${1:?usage: gpu_suite.sh 50m|1b|io}
+part=${1:?usage: gpu_suite.sh 50m|1b|io|corpus}
 export PYTHONUNBUFFERED=1
 if [ -d .whl ]; then  # deepspeed / megatron-core wheels carried to a machine without them
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -25,10 +27,14 @@ if [ "${SMOKE:-0}" = 1 ]; then
   size_50m=(--batch 4 --steps 2 --warmup 2 --repeat 1)
   size_1b=(--batch 2 --seq-len 32 --steps 1 --warmup 1 --repeat 1)
   config_1b=configs/tiny.yaml
+  size_corpus=(--seq-len 444 --steps 4 --warmup 4 --repeat 1)
+  rows_packed=4 rows_padded=12
 else
   size_50m=(--config configs/helm_50m.yaml --batch 128 --steps 20 --warmup 5 --repeat 3)
   size_1b=(--batch 16 --steps 10 --warmup 3 --repeat 2)
   config_1b=configs/helm_1b.yaml
+  size_corpus=(--config configs/helm_50m.yaml --steps 20 --warmup 8 --repeat 3)
+  rows_packed=128 rows_padded=384  # about the same real tokens a step on antibody chains
 fi
 failed=0
 
@@ -57,7 +63,19 @@ case $part in
     bench train_1b benchmarks/train_throughput.py --config $config_1b "${size_1b[@]}" --bf16 ;;
   io)
     bench checkpoint_io_1b benchmarks/checkpoint_io.py --config $config_1b --procs 1 --backends ddp zero1 ;;
-  *) echo "unknown part $part: 50m, 1b or io"; exit 2 ;;
+  corpus)
+    shopt -s nullglob
+    fastas=("${CORPUS_DIR:-.data}"/*.fasta.gz)
+    [ ${#fastas[@]} -gt 0 ] || { echo "no *.fasta.gz in ${CORPUS_DIR:-.data}"; exit 2; }
+    for fasta in "${fastas[@]}"; do
+      name=$(basename "$fasta" .fasta.gz)
+      python -m helm_scale.cli prep "$fasta" --frame trim -o "/tmp/corpus_$name" --overwrite --quiet || exit 1
+      bench "train_50m_${name}_packed" benchmarks/train_throughput.py "${size_corpus[@]}" --bf16 --compile \
+        --dataset "/tmp/corpus_$name" --layout packed --batch $rows_packed
+      bench "train_50m_${name}_padded" benchmarks/train_throughput.py "${size_corpus[@]}" --bf16 --compile \
+        --dataset "/tmp/corpus_$name" --layout padded --batch $rows_padded
+    done ;;
+  *) echo "unknown part $part: 50m, 1b, io or corpus"; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then
   tar czf "$OUT/gpu_results.tgz" "$results"/${tag}_*

@@ -11,9 +11,11 @@ share of our step.
 
 Batches. By default, random codons fill every row: no padding, no packing, and SDPA gets
 is_causal. With --dataset (a directory `helm_scale prep` wrote), the rows are what users
-train on: a few micro-batches from our loader with packing (several sequences per row,
-a block-diagonal attention mask, the trainer's path), and the peer gets the same
-sequences one per row with an attention mask, padded to the longest of the batch
+train on: a few micro-batches from our loader, fed as the trainer feeds them. --layout
+packed (data.pack): several sequences per row under a block-diagonal attention mask;
+--layout padded (data.pad_to_multiple_of 8): one per row, cut at the batch's longest, so
+CLM keeps SDPA's is_causal. The peer gets the same sequences one per row with an
+attention mask, padded to the longest of the batch
 (dynamic padding, the peer's best case) or, with --peer-padding max, to the row length
 (a tokenizer's padding="max_length"). Tokens/s then counts real tokens only, so packing
 is credited and padding is not; both stacks see the same real tokens each step.
@@ -49,15 +51,15 @@ sys.path.insert(0, str(ROOT))
 from results_io import write_results  # noqa: E402  (beside this script)
 
 
-MODEL_INPUTS = ("input_ids", "position_ids", "segment_ids")  # what the trainer feeds packed rows
 CORPUS_BATCHES = 4  # distinct micro-batches cycled with --dataset: lengths vary between them
 
 
-def _ours(cfg, batches, device, bf16, recompute, compile_blocks):
+def _ours(cfg, batches, device, bf16, recompute, compile_blocks, pack):
     from helm_scale.codon import Vocabulary
     from helm_scale.losses import LossConfig, build_loss
     from helm_scale.model import HelmTransformer
     from helm_scale.parallel import OptimizerConfig, ParallelConfig, build_engine, init_parallel
+    from helm_scale.trainer import model_inputs
     pcfg = ParallelConfig(backend="deepspeed" if bf16 and device.type == "cpu" else "ddp",
                           precision="bf16" if bf16 else "fp32", activation_checkpointing=recompute,
                           compile=compile_blocks)
@@ -65,11 +67,12 @@ def _ours(cfg, batches, device, bf16, recompute, compile_blocks):
     engine = build_engine(HelmTransformer(cfg), OptimizerConfig(lr=1e-4), pcfg, state)
     loss_fn = build_loss(LossConfig(name="hxe", overwrite_logits=True), Vocabulary.default(),
                          cfg.padded_vocab_size)
-    turns = itertools.cycle(batches)
+    turns, objective = itertools.cycle(batches), "clm" if cfg.attention == "causal" else "mlm"
 
     def step():
         batch = next(turns)
-        logits = engine(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        logits = engine(**(model_inputs(batch, pack, objective) if "segment_ids" in batch
+                           else {"input_ids": batch["input_ids"]}))
         out = loss_fn(logits.float() if bf16 else logits, batch["labels"], batch["loss_mask"])
         engine.backward(out.loss)
         engine.step()
@@ -126,14 +129,14 @@ def _synthetic_batch(rows: int, seq: int, objective: str) -> dict:
     return {"input_ids": ids.masked_fill(masked, vocab.mask_id), "labels": ids, "loss_mask": masked}
 
 
-def _corpus_batches(dataset: str, rows: int, seq: int, objective: str, count: int) -> list[dict]:
-    """The first ``count`` packed micro-batches our loader makes of a prepared dataset."""
+def _corpus_batches(dataset: str, rows: int, seq: int, objective: str, pack: bool, count: int) -> list[dict]:
+    """The first ``count`` micro-batches our loader makes of a prepared dataset."""
     from helm_scale.data import LoaderConfig, build_loader
     loader = build_loader(LoaderConfig(dataset, objective=objective, seq_len=seq, micro_batch_size=rows,
-                                       pack=True, num_workers=0))
+                                       pack=pack, pad_to_multiple_of=0 if pack else 8, num_workers=0))
     batches = [batch for batch, _ in zip(loader, range(count))]
     if len(batches) < count:
-        raise SystemExit(f"{dataset}: fewer than {count} micro-batches of {rows} packed rows")
+        raise SystemExit(f"{dataset}: fewer than {count} micro-batches of {rows} rows")
     return batches
 
 
@@ -224,9 +227,11 @@ def main() -> int:
                     help="mlm: bidirectional attention, loss on 15%% masked codons; the peer is BERT")
     ap.add_argument("--dataset", help="a prepared dataset (helm_scale prep): real sequences, ours packed, "
                     "the peer padded; default: random codons in full rows")
+    ap.add_argument("--layout", choices=("packed", "padded"), default="packed",
+                    help="with --dataset: our rows packed, or one sequence each cut at the batch's longest")
     ap.add_argument("--peer-padding", choices=("longest", "max"), default="longest",
                     help="with --dataset: pad the peer's rows to the batch's longest sequence, or to --seq-len")
-    ap.add_argument("--batch", type=int, default=8, help="rows per step (ours; packed rows with --dataset)")
+    ap.add_argument("--batch", type=int, default=8, help="rows per step (ours: packed rows with --layout packed)")
     ap.add_argument("--seq-len", type=int, default=None, help="default: the model's max_seq_len")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
@@ -253,7 +258,8 @@ def main() -> int:
     cfg = dataclasses.replace(cfg, attention="causal" if args.objective == "clm" else "bidirectional")
     seq = args.seq_len or cfg.max_seq_len
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ours = (_corpus_batches(args.dataset, args.batch, seq, args.objective, CORPUS_BATCHES) if args.dataset
+    pack = args.layout == "packed"
+    ours = (_corpus_batches(args.dataset, args.batch, seq, args.objective, pack, CORPUS_BATCHES) if args.dataset
             else [_synthetic_batch(args.batch, seq, args.objective)])
     peers = [_for_peer(b, args.objective, args.peer_padding == "max") for b in ours]
     ours, peers = ([{k: v.to(device) for k, v in b.items()} for b in bs] for bs in (ours, peers))
@@ -261,7 +267,7 @@ def main() -> int:
     steps, warmup = (-(-n // len(ours)) * len(ours) for n in (args.steps, args.warmup))
     recompute = args.activation_checkpointing
     peer_name = "hf_gpt2" if args.objective == "clm" else "hf_bert"
-    builders = {"helm_scale": lambda: _ours(cfg, ours, device, args.bf16, recompute, args.compile),
+    builders = {"helm_scale": lambda: _ours(cfg, ours, device, args.bf16, recompute, args.compile, pack),
                 peer_name: lambda: _peer(cfg, peers, device, args.bf16, recompute)}
     runners, peak_gib = {}, {}
     for name, build in builders.items():
@@ -273,13 +279,13 @@ def main() -> int:
             best[name] = min(best[name], _time(step, warmup, steps, device))
     flops, peak = cfg.flops_per_token(seq), device_peak_tflops(None)
     tokens = sum(map(_real_tokens, ours)) / len(ours)  # real tokens per step, the same for both
-    padding = {"helm_scale": 1 - tokens / ours[0]["input_ids"].numel(),
-               peer_name: 1 - tokens * len(peers) / sum(b["input_ids"].numel() for b in peers)}
+    padding = {name: 1 - tokens * len(bs) / sum(b["input_ids"].numel() for b in bs)
+               for name, bs in (("helm_scale", ours), (peer_name, peers))}
     rows = {}
     print(f"{args.objective}, model {cfg.num_layers}x{cfg.hidden_size}x{cfg.ffn_hidden_size}, "
           f"{cfg.num_parameters():,} params, "
           f"batch {args.batch} x {seq}, {'bf16' if args.bf16 else 'fp32'}, {device}, "
-          + (f"{args.dataset}: ours packed, peer padded to {args.peer_padding}" if args.dataset else "random codons, full rows")
+          + (f"{args.dataset}: ours {args.layout}, peer padded to {args.peer_padding}" if args.dataset else "random codons, full rows")
           + (", activation checkpointing" if recompute else "") + (", ours compiled" if args.compile else ""))
     print(f"{'stack':<12} {'step ms':>9} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>7} {'padding':>8} "
           f"{'peak GiB':>9} {'params':>12}")
@@ -310,7 +316,7 @@ def main() -> int:
         else f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__, "python": platform.python_version(),
         "versions": _versions(), "objective": args.objective, "model": cfg.__dict__, "batch": args.batch,
         "seq_len": seq, "bf16": args.bf16, "dataset": args.dataset, "real_tokens_per_step": tokens,
-        "peer_padding": args.peer_padding if args.dataset else None,
+        "layout": args.layout if args.dataset else None, "peer_padding": args.peer_padding if args.dataset else None,
         "peer_sequences_per_step": sum(len(b["input_ids"]) for b in peers) / len(peers),
         "activation_checkpointing": recompute, "compile_ours": args.compile,
         "hxe_loss_s": best["hxe_loss"], "hxe_share_of_step": hxe_share,

@@ -37,14 +37,14 @@ def lr_at(step: int, peak: float, cfg) -> float:
     return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def model_inputs(batch: dict, cfg: TrainConfig) -> dict:
+def model_inputs(batch: dict, pack: bool, objective: str) -> dict:
     """Only what the attention needs: packed rows need segments; padded CLM rows need
     nothing (causal attention never reaches the right padding, and SDPA keeps its flash
     kernels); padded MLM rows hide their padding."""
     inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-    if cfg.data.pack:
+    if pack:
         inputs["segment_ids"] = batch["segment_ids"]
-    elif cfg.data.objective == "mlm":
+    elif objective == "mlm":
         inputs["padding_mask"] = batch["segment_ids"] == 0
     return inputs
 
@@ -134,7 +134,7 @@ class Trainer:
         self.engine.train()
         for _ in range(cfg.parallel.accumulation_steps):
             batch = self._next_batch()
-            logits = self.engine(**model_inputs(batch, cfg))
+            logits = self.engine(**model_inputs(batch, cfg.data.pack, cfg.data.objective))
             out = self.loss_fn(logits, batch["labels"], batch["loss_mask"], group=self.state.loss_group)
             self.engine.backward(out.loss)
             # Called after every micro-batch (DeepSpeed counts its accumulation window in
@@ -166,7 +166,7 @@ class Trainer:
             if i == self.cfg.run.eval_batches:
                 break
             batch = _to(batch, self.state.device)
-            logits = self.engine(**model_inputs(batch, self.cfg))
+            logits = self.engine(**model_inputs(batch, self.cfg.data.pack, self.cfg.data.objective))
             _add(xe, self.xe_fn(logits.float(), batch["labels"], batch["loss_mask"], group=self.state.loss_group).sums)
             _add(sums, self.loss_fn(logits, batch["labels"], batch["loss_mask"], group=self.state.loss_group).sums)
         self.engine.train()
