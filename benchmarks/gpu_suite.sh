@@ -7,7 +7,7 @@
 #   part corpus: HELM-50M CLM on real sequences (each *.fasta.gz in $CORPUS_DIR, default
 #             .data, carried: ../shared/data does not travel), ours packed and padded.
 # Each run writes benchmarks/results/<name>.json and .log; when $OUT is set (the device
-# tool), the lot is also packed into $OUT/gpu_results.tgz, one file to bring back.
+# tool), the lot is also packed into $OUT/gpu_results.tgz after each run, one file to bring back.
 # SMOKE=1 runs the same commands at a small size on any machine, to check the suite itself.
 #
 #   bash benchmarks/gpu_suite.sh 50m     # then 1b, io and corpus: one device call each
@@ -45,6 +45,8 @@ bench() {  # bench NAME SCRIPT ARGS...: one benchmark, its output kept beside it
   python "$script" "$@" --out "$results/$name.json" 2>&1 | grep -v -e Warning -e warnings.warn \
     | tee "$results/$name.log"
   [ "${PIPESTATUS[0]}" = 0 ] || { echo "!! $name failed"; failed=1; }
+  # packed after every run, so a call cut off at its time limit still brings back the rest
+  if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_results.tgz" "$results"/${tag}_*; fi
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
@@ -77,7 +79,4 @@ case $part in
     done ;;
   *) echo "unknown part $part: 50m, 1b, io or corpus"; exit 2 ;;
 esac
-if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/gpu_results.tgz" "$results"/${tag}_*
-fi
 exit $failed
