@@ -15,10 +15,10 @@ train on: a few micro-batches from our loader, fed as the trainer feeds them. --
 packed (data.pack): several sequences per row under a block-diagonal attention mask;
 --layout padded (data.pad_to_multiple_of 8): one per row, cut at the batch's longest, so
 CLM keeps SDPA's is_causal. The peer gets the same sequences one per row with an
-attention mask, padded to the longest of the batch
-(dynamic padding, the peer's best case) or, with --peer-padding max, to the row length
-(a tokenizer's padding="max_length"). Tokens/s then counts real tokens only, so packing
-is credited and padding is not; both stacks see the same real tokens each step.
+attention mask, padded to the longest of the batch (dynamic padding, the peer's best
+case) or, with --peer-padding max, to the row length (a tokenizer's
+padding="max_length"). Tokens/s then counts real tokens only, so packing is credited
+and padding is not; both stacks see the same real tokens each step.
 
 FLOPs per token (both models, same shapes): 6 x (L(4h^2 + 2hf) + V h) + 12 L h S,
 forward + backward, attention included (helm_scale.model.ModelConfig.flops_per_token),
@@ -31,7 +31,7 @@ Usage:
   python benchmarks/train_throughput.py --config configs/helm_50m.yaml --batch 128 --bf16 [--compile]   # GPU
   python benchmarks/train_throughput.py --config configs/helm_1b.yaml --batch 16 --bf16 --activation-checkpointing
   add --objective mlm for the bidirectional model with 15% masked codons (peer: HF BERT)
-  add --dataset DIR for real sequences: ours packed, the peer padded (see Batches)
+  add --dataset DIR [--layout padded] for real sequences as our loader makes them (see Batches)
 """
 from __future__ import annotations
 
@@ -225,8 +225,8 @@ def main() -> int:
     ap.add_argument("--config", help="a configs/*.yaml whose model section to use (default: a small CPU size)")
     ap.add_argument("--objective", choices=("clm", "mlm"), default="clm",
                     help="mlm: bidirectional attention, loss on 15%% masked codons; the peer is BERT")
-    ap.add_argument("--dataset", help="a prepared dataset (helm_scale prep): real sequences, ours packed, "
-                    "the peer padded; default: random codons in full rows")
+    ap.add_argument("--dataset", help="a prepared dataset (helm_scale prep): real sequences in our loader's "
+                    "rows (--layout), the peer's padded; default: random codons in full rows")
     ap.add_argument("--layout", choices=("packed", "padded"), default="packed",
                     help="with --dataset: our rows packed, or one sequence each cut at the batch's longest")
     ap.add_argument("--peer-padding", choices=("longest", "max"), default="longest",
@@ -285,7 +285,8 @@ def main() -> int:
     print(f"{args.objective}, model {cfg.num_layers}x{cfg.hidden_size}x{cfg.ffn_hidden_size}, "
           f"{cfg.num_parameters():,} params, "
           f"batch {args.batch} x {seq}, {'bf16' if args.bf16 else 'fp32'}, {device}, "
-          + (f"{args.dataset}: ours {args.layout}, peer padded to {args.peer_padding}" if args.dataset else "random codons, full rows")
+          + (f"{args.dataset}: ours {args.layout}, peer padded to {args.peer_padding}" if args.dataset
+             else "random codons, full rows")
           + (", activation checkpointing" if recompute else "") + (", ours compiled" if args.compile else ""))
     print(f"{'stack':<12} {'step ms':>9} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>7} {'padding':>8} "
           f"{'peak GiB':>9} {'params':>12}")

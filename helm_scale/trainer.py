@@ -91,8 +91,8 @@ class Trainer:
         self.loader_cfg = LoaderConfig(
             dataset_dir=d.dataset_dir, split="train", objective=d.objective, seq_len=d.seq_len,
             micro_batch_size=d.micro_batch_size, seed=cfg.parallel.seed, shuffle_window=d.shuffle_window,
-            pack=d.pack, pad_to_multiple_of=d.pad_to_multiple_of, mask_prob=d.mask_prob, mask_replace_ratios=tuple(d.mask_replace_ratios),
-            num_workers=d.num_workers)
+            pack=d.pack, pad_to_multiple_of=d.pad_to_multiple_of, mask_prob=d.mask_prob,
+            mask_replace_ratios=tuple(d.mask_replace_ratios), num_workers=d.num_workers)
         self.loader = build_loader(self.loader_cfg, self.state.dp_rank, self.state.dp_size)
         self.step, self.input_tokens, self.saved_step = 0, 0, None
         self._batches, self._window, self._data_seconds = None, {}, 0.0
