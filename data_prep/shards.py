@@ -97,7 +97,8 @@ class ShardWriter:
 
     @property
     def bytes_written(self) -> int:
-        return self._hashing.size
+        # The archive's own offset: tarfile's stream mode buffers 10 KiB before writing.
+        return self._tar.tarstream.offset
 
     def write(self, sample: dict, samples: int, tokens: int) -> None:
         self._tar.write(sample)
