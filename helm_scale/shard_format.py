@@ -17,8 +17,13 @@ streamable by webdataset and indexable by ``wids``:
                           adds them), a raw little-endian array of ``token_dtype``, one frame
     {key}.lengths.zst     codon count of each sequence, little-endian uint32: readable
                           without decompressing the tokens (the packing plan needs only it)
-    {key}.meta.json.zst   columnar JSON ``{"id": [...], "line": [...], "group": [...] or
-                          null, "source": [[path, n], ...]}`` (sources as runs of n records)
+    {key}.meta.json.zst   columnar JSON ``{"id": [...], "line_delta": [...], "group": [...]
+                          or null, "source": [[path, n], ...]}``: input line numbers as
+                          differences from the previous record's (the first from 0),
+                          sources as runs of n records
+
+Every zstd frame carries its content checksum, so a damaged member fails to decompress
+rather than decoding to wrong tokens.
 
 The key is the zero-padded index within its split of the chunk's first sequence. The
 manifest's ``splits[name]["shards"]`` lists each shard's path, samples, tokens, bytes,
@@ -60,8 +65,10 @@ def encode_chunk(first_index: int, tokens: list[bytes], token_dtype: str, ids: l
     ``[path, records]`` covering the chunk's sequences in order."""
     itemsize = np.dtype(token_dtype).itemsize
     lengths = np.fromiter((len(t) // itemsize for t in tokens), dtype=LENGTH_DTYPE, count=len(tokens))
-    meta = {"id": ids, "line": lines, "group": groups if any(g is not None for g in groups) else None,
-            "source": sources}
+    # Line numbers as differences from the record before: ~1 byte each after zstd, not ~3.
+    line_deltas = np.diff(np.asarray(lines, dtype=np.int64), prepend=0).tolist()
+    meta = {"id": ids, "line_delta": line_deltas,
+            "group": groups if any(g is not None for g in groups) else None, "source": sources}
     return {"__key__": sample_key(first_index),
             TOKENS_MEMBER: compressor.compress(b"".join(tokens)),
             LENGTHS_MEMBER: compressor.compress(lengths.tobytes()),
@@ -126,7 +133,7 @@ def decode_meta(sample: dict, samples: int, where: str, decompressor=None) -> li
         meta = json.loads(raw)
         sources = [path for path, n in meta["source"] for _ in range(n)]
         groups = meta["group"] or [None] * len(meta["id"])
-        columns = (meta["id"], sources, meta["line"], groups)
+        columns = (meta["id"], sources, np.cumsum(meta["line_delta"], dtype=np.int64).tolist(), groups)
     except (ValueError, KeyError, TypeError) as e:
         raise ShardError(f"{where}: metadata member is not the columnar JSON of format 2 ({e})") from None
     if any(len(c) != samples for c in columns):

@@ -75,10 +75,14 @@ def read_dataset(root) -> dict[str, list[tuple[list[int], dict]]]:
                     meta = json.loads(d.decompress(chunk["meta.json.zst"]))
                     sources = [path for path, n in meta["source"] for _ in range(n)]
                     groups = meta["group"] or [None] * len(lengths)
+                    lines, line = [], 0
+                    for delta in meta["line_delta"]:
+                        line += delta
+                        lines.append(line)
                     start = 0
                     for k, n in enumerate(lengths):
                         rows.append((tokens[start:start + n], {"id": meta["id"][k], "source": sources[k],
-                                                               "line": meta["line"][k], "group": groups[k]}))
+                                                               "line": lines[k], "group": groups[k]}))
                         start += n
                     assert start == len(tokens)
         out[name] = rows

@@ -45,6 +45,10 @@ def _chunks(root: Path, split: str) -> list[list[int]]:
 
 def test_every_sample_round_trips_through_the_reader(dataset):
     truth = read_dataset(dataset)  # tar members decoded by hand, no shared code
+    fasta = read_manifest(dataset)["inputs"][0]["path"]
+    header_line = {line[1:].split()[0]: n for n, line in enumerate(open(fasta), 1) if line.startswith(">")}
+    assert all(m["line"] == header_line[m["id"]] and m["source"] == fasta
+               for rows in truth.values() for _, m in rows)
     for split, rows in truth.items():
         if not rows:
             continue
