@@ -50,8 +50,10 @@ def prepare(out: Path) -> Path:
     # VDJ reads are in frame but do not run ATG..stop: keep the frame, skip the ORF check.
     # 64 KiB chunks and 256 KiB shards: the corpus (1.2M tokens, ~160 KB of shards) then
     # has several shards and a shuffle window spans several chunks, as a real corpus does.
-    run_prep(PrepConfig(inputs=[str(CORPUS)], output=str(out), shard_bytes=256 << 10,
-                        chunk_bytes=64 << 10, workers=1,
+    # (A --baseline of shard format 1 has no chunks; its 2 MB shards were its own setting.)
+    layout = (dict(shard_bytes=256 << 10, chunk_bytes=64 << 10) if "chunk_bytes" in PrepConfig.__dataclass_fields__
+              else dict(shard_bytes=2 << 20))
+    run_prep(PrepConfig(inputs=[str(CORPUS)], output=str(out), workers=1, **layout,
                         progress=False, policy=RecordPolicy(frame="trim"),
                         split=SplitPolicy(val_fraction=0.01, test_fraction=0.01)))
     return out
@@ -94,7 +96,8 @@ def startup(dataset_dir: str, micro_batch: int = 128, seq_len: int = 444) -> dic
     manifest = read_manifest(dataset_dir)
     train = manifest["splits"]["train"]
     out = {"dataset": str(dataset_dir), "train_samples": train["samples"],
-           "train_shards": len(train["shards"]), "train_chunks": sum(len(s["chunks"]) for s in train["shards"])}
+           "train_shards": len(train["shards"]),
+           "train_chunks": sum(len(s.get("chunks", ())) for s in train["shards"])}  # format 1: none
     for layout, pack in (("padded", False), ("packed", True)):
         started = time.perf_counter()
         loader = build_loader(LoaderConfig(str(dataset_dir), pack=pack, micro_batch_size=micro_batch,
@@ -116,6 +119,25 @@ def _startup_dataset(records: int, root: Path) -> Path:
     return root / "synth"
 
 
+def _baseline(args) -> dict:
+    """The same measurement by the code at ``args.baseline``, exported to a temporary tree."""
+    import json
+    import subprocess
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        tree.mkdir()
+        archive = subprocess.run(["git", "archive", args.baseline], cwd=REPO, check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        out = Path(tmp) / "baseline.json"
+        argv = [sys.executable, __file__, "--code-root", str(tree), "--out", str(out), "--seconds", str(args.seconds),
+                "--repeats", str(args.repeats), "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len),
+                "--startup-records", "0" if args.startup_dataset else str(args.startup_records)]
+        print(f"\n+ baseline {args.baseline}: {' '.join(argv)}", flush=True)
+        subprocess.run(argv, check=True)
+        result = json.loads(out.read_text())
+    return {"revision": args.baseline, **result}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.5, help="measuring time per repeat")
@@ -126,8 +148,14 @@ def main() -> int:
     parser.add_argument("--startup-records", type=int, default=1_000_000,
                         help="without --startup-dataset: synthesize and prepare this many sequences "
                              "(median 100 codons) to time start-up on; 0 skips it (default 1000000)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also measure the code at git revision REV (e.g. 82bd328, shard format 1), "
+                             "in a subprocess after ours, and report our speed-up over it")
+    parser.add_argument("--code-root", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "loader_throughput_cpu.json"))
     args = parser.parse_args()
+    if args.code_root:  # running as a baseline: its helm_scale and data_prep shadow ours
+        sys.path.insert(0, args.code_root)
     torch.set_num_threads(1)
     started_up = None
     if args.startup_dataset or args.startup_records:
@@ -189,6 +217,21 @@ def main() -> int:
         target = ("yes" if r["meets_target"] else "no") if "meets_target" in r else ""
         print(f"{r['variant']:<11} {r['loader']:<10} {r['workers']:>7} {r['tokens_per_s'] / 1e6:>8.2f} "
               f"{r['fill']:>6.2f} {ratio:>7} {target:>5}")
+    baseline = _baseline(args) if args.baseline else None
+    if baseline:
+        theirs = {(r["variant"], r["workers"]): r for r in baseline["rows"] if r["loader"] == "streaming"}
+        for r in rows:
+            if r["loader"] == "streaming" and (r["variant"], r["workers"]) in theirs:
+                r[f"vs_{args.baseline}"] = r["tokens_per_s"] / theirs[(r["variant"], r["workers"])]["tokens_per_s"]
+        print(f"\nours vs {args.baseline} (measured after ours, same settings), tokens/s ratio:")
+        for r in rows:
+            if f"vs_{args.baseline}" in r:
+                print(f"{r['variant']:<11} workers {r['workers']}: {r[f'vs_{args.baseline}']:.2f}x")
+        if started_up and baseline.get("startup"):
+            for layout in ("padded", "packed"):
+                ratio = baseline["startup"][layout]["total_s"] / started_up[layout]["total_s"]
+                print(f"start-up {layout}: {baseline['startup'][layout]['total_s']:.2f} s -> "
+                      f"{started_up[layout]['total_s']:.2f} s ({ratio:.1f}x)")
     versions = {p: metadata.version(p) for p in ("torch", "numpy", "webdataset", "wids", "zstandard")}
     result = {"device": {"kind": "cpu", "cpus": os.cpu_count(), "machine": platform.machine(),
                          "processor": platform.processor(), "python": platform.python_version()},
@@ -198,7 +241,7 @@ def main() -> int:
                          "statistic": "median of repeats", "dp_size": 1,
                          "load_average_after": os.getloadavg(),
                          "target_tokens_per_s_per_rank": TARGET_TOKENS_PER_S},
-              "rows": rows, "startup": started_up}
+              "rows": rows, "startup": started_up, "baseline": baseline}
     write_results(args.out, result)
     return 0
 
