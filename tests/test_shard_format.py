@@ -175,6 +175,9 @@ def test_format_1_datasets_are_refused_with_the_command_that_rebuilds_them(datas
         read_sequences(root, "val")
     assert main(["verify", str(root), "--quiet"]) == 2
     assert rebuild in capsys.readouterr().err
+    tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    assert main(["train", tiny, f"data.dataset_dir={root}", f"run.run_dir={tmp_path / 'run'}"]) == 2
+    assert rebuild in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_the_loader_stream_is_the_one_format_1_produced():
