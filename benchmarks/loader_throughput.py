@@ -109,14 +109,14 @@ def startup(dataset_dir: str, micro_batch: int = 128, seq_len: int = 444) -> dic
     return out
 
 
-def _startup_dataset(records: int, root: Path) -> Path:
+def _startup_dataset(fasta: Path, records: int, out: Path) -> Path:
+    """Prepare ``fasta`` (synthesized first, unless a baseline run was handed ours)."""
     from data_prep.prep import PrepConfig, run_prep
     from data_prep.synth import generate, write_fasta
-    fasta = root / "synth.fa"
-    write_fasta(fasta, generate(records, seed=1, median_codons=100))
-    run_prep(PrepConfig(inputs=[str(fasta)], output=str(root / "synth"), workers=os.cpu_count() or 1,
-                        progress=False))
-    return root / "synth"
+    if not fasta.exists():
+        write_fasta(fasta, generate(records, seed=1, median_codons=100))
+    run_prep(PrepConfig(inputs=[str(fasta)], output=str(out), workers=os.cpu_count() or 1, progress=False))
+    return out
 
 
 def _baseline(args) -> dict:
@@ -131,7 +131,8 @@ def _baseline(args) -> dict:
         out = Path(tmp) / "baseline.json"
         argv = [sys.executable, __file__, "--code-root", str(tree), "--out", str(out), "--seconds", str(args.seconds),
                 "--repeats", str(args.repeats), "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len),
-                "--startup-records", "0" if args.startup_dataset else str(args.startup_records)]
+                "--startup-records", "0" if args.startup_dataset else str(args.startup_records),
+                "--startup-fasta", args.startup_fasta]
         print(f"\n+ baseline {args.baseline}: {' '.join(argv)}", flush=True)
         subprocess.run(argv, check=True)
         result = json.loads(out.read_text())
@@ -152,15 +153,19 @@ def main() -> int:
                         help="also measure the code at git revision REV (e.g. 82bd328, shard format 1), "
                              "in a subprocess after ours, and report our speed-up over it")
     parser.add_argument("--code-root", help=argparse.SUPPRESS)
+    parser.add_argument("--startup-fasta", help=argparse.SUPPRESS)  # the baseline reuses ours
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "loader_throughput_cpu.json"))
     args = parser.parse_args()
     if args.code_root:  # running as a baseline: its helm_scale and data_prep shadow ours
         sys.path.insert(0, args.code_root)
     torch.set_num_threads(1)
     started_up = None
+    fasta_dir = tempfile.TemporaryDirectory()  # the synthetic FASTA, kept for a baseline run
+    args.startup_fasta = args.startup_fasta or str(Path(fasta_dir.name) / "synth.fa")
     if args.startup_dataset or args.startup_records:
         with tempfile.TemporaryDirectory() as tmp:
-            dataset = args.startup_dataset or _startup_dataset(args.startup_records, Path(tmp))
+            dataset = args.startup_dataset or _startup_dataset(Path(args.startup_fasta), args.startup_records,
+                                                               Path(tmp) / "synth")
             started_up = startup(str(dataset), args.micro_batch, args.seq_len)
         print(f"start-up on {started_up['train_samples']:,} train sequences ({started_up['train_shards']} shards, "
               f"{started_up['train_chunks']} chunks), seconds:")
