@@ -17,9 +17,15 @@ sequence length first) and to its first batch, on ``--startup-dataset`` (any pre
 dataset, e.g. the 1M-sequence one of benchmarks/corpus_scale.py) or on a synthetic corpus
 of ``--startup-records`` sequences prepared here (0: skip).
 
+``--baseline REV`` measures the code at git revision REV (e.g. 82bd328, the last with shard
+format 1) in the same run: exported with ``git archive``, run as this script in a
+subprocess on a dataset its own prep wrote, start-up on the same synthetic FASTA, and
+throughput passes alternating with ours (the 2 cores are shared: load drifts).
+
 Prints tables and writes benchmarks/results/loader_throughput_cpu.json.
 
     python benchmarks/loader_throughput.py [--seconds 1.5] [--repeats 3] [--startup-dataset DIR]
+                                           [--baseline 82bd328]
 """
 from __future__ import annotations
 
@@ -119,24 +125,73 @@ def _startup_dataset(fasta: Path, records: int, out: Path) -> Path:
     return out
 
 
-def _baseline(args) -> dict:
-    """The same measurement by the code at ``args.baseline``, exported to a temporary tree."""
-    import json
-    import subprocess
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "tree"
-        tree.mkdir()
-        archive = subprocess.run(["git", "archive", args.baseline], cwd=REPO, check=True, capture_output=True)
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
-        out = Path(tmp) / "baseline.json"
-        argv = [sys.executable, __file__, "--code-root", str(tree), "--out", str(out), "--seconds", str(args.seconds),
-                "--repeats", str(args.repeats), "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len),
-                "--startup-records", "0" if args.startup_dataset else str(args.startup_records),
-                "--startup-fasta", args.startup_fasta]
-        print(f"\n+ baseline {args.baseline}: {' '.join(argv)}", flush=True)
-        subprocess.run(argv, check=True)
-        result = json.loads(out.read_text())
-    return {"revision": args.baseline, **result}
+VARIANTS = {"clm padded": dict(objective="clm", pack=False),
+            "clm packed": dict(objective="clm", pack=True),
+            "mlm packed": dict(objective="mlm", pack=True)}
+
+
+def throughput_pass(dataset: Path, args) -> list[dict]:
+    """One measurement of every variant and worker count, streaming then in-memory."""
+    from helm_scale.data import LoaderConfig, build_loader
+    rows = []
+    for name, kw in VARIANTS.items():
+        base = LoaderConfig(str(dataset), micro_batch_size=args.micro_batch, seq_len=args.seq_len,
+                            num_workers=0, **kw)
+        started = time.perf_counter()
+        reference = build_loader(base)
+        build_s = time.perf_counter() - started
+        epoch = list(reference)  # the same batches, kept in memory for the ceiling
+        for workers in (0, 1, 2):
+            loader = build_loader(LoaderConfig(**{**base.__dict__, "num_workers": workers}))
+            for kind, source in (("streaming", lambda: loader),
+                                 ("in-memory", in_memory(epoch, args.micro_batch, workers))):
+                rows.append({"variant": name, "loader": kind, "workers": workers,
+                             **({"build_s": round(build_s, 3)} if kind == "streaming" else {}),
+                             **timed(source, args.seconds)})
+    return rows
+
+
+def _medians(passes: list[list[dict]]) -> list[dict]:
+    """Per (variant, loader, workers): the pass with the median tokens/s, and all of them."""
+    out = []
+    for k, first in enumerate(passes[0]):
+        measured = sorted((p[k] for p in passes), key=lambda m: m["tokens_per_s"])
+        out.append({**measured[len(measured) // 2],
+                    "repeats_tokens_per_s": [round(p[k]["tokens_per_s"]) for p in passes]})
+    return out
+
+
+class _Baseline:
+    """The code at a git revision, exported to a temporary tree and run as this script
+    in a subprocess (its helm_scale and data_prep shadow ours), one pass at a time."""
+
+    def __init__(self, rev: str, args):
+        import subprocess
+        self.rev, self.args, self.tmp = rev, args, tempfile.TemporaryDirectory()
+        self.tree = Path(self.tmp.name) / "tree"
+        self.tree.mkdir()
+        archive = subprocess.run(["git", "archive", rev], cwd=REPO, check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(self.tree)], input=archive.stdout, check=True)
+
+    def run(self, *extra: str) -> dict:
+        import json
+        import subprocess
+        out = Path(self.tmp.name) / "out.json"
+        a = self.args
+        argv = [sys.executable, __file__, "--code-root", str(self.tree), "--out", str(out), "--seconds", str(a.seconds),
+                "--micro-batch", str(a.micro_batch), "--seq-len", str(a.seq_len), *extra]
+        print(f"+ baseline {self.rev}: {' '.join(extra)}", flush=True)
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+
+
+def _print_startup(label: str, r: dict) -> None:
+    print(f"start-up ({label}) on {r['train_samples']:,} train sequences ({r['train_shards']} shards, "
+          f"{r['train_chunks']} chunks), seconds:")
+    print(f"{'layout':<8} {'build':>7} {'1st batch':>10} {'total':>7}")
+    for layout in ("padded", "packed"):
+        x = r[layout]
+        print(f"{layout:<8} {x['build_s']:>7.2f} {x['first_batch_s']:>10.2f} {x['total_s']:>7.2f}")
 
 
 def main() -> int:
@@ -151,102 +206,91 @@ def main() -> int:
                              "(median 100 codons) to time start-up on; 0 skips it (default 1000000)")
     parser.add_argument("--baseline", metavar="REV",
                         help="also measure the code at git revision REV (e.g. 82bd328, shard format 1), "
-                             "in a subprocess after ours, and report our speed-up over it")
+                             "alternating with ours pass by pass, and report our speed-up over it")
     parser.add_argument("--code-root", help=argparse.SUPPRESS)
-    parser.add_argument("--startup-fasta", help=argparse.SUPPRESS)  # the baseline reuses ours
+    parser.add_argument("--startup-fasta", help=argparse.SUPPRESS)  # a baseline reuses ours
+    parser.add_argument("--prepare-to", help=argparse.SUPPRESS)     # a baseline prepares its dataset
+    parser.add_argument("--one-pass-on", help=argparse.SUPPRESS)    # ... and measures one pass
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "loader_throughput_cpu.json"))
     args = parser.parse_args()
-    if args.code_root:  # running as a baseline: its helm_scale and data_prep shadow ours
+    if args.code_root:
         sys.path.insert(0, args.code_root)
     torch.set_num_threads(1)
-    started_up = None
-    fasta_dir = tempfile.TemporaryDirectory()  # the synthetic FASTA, kept for a baseline run
-    args.startup_fasta = args.startup_fasta or str(Path(fasta_dir.name) / "synth.fa")
-    if args.startup_dataset or args.startup_records:
+    if args.prepare_to:
+        prepare(Path(args.prepare_to))
+        return 0
+    if args.one_pass_on:
+        write_results(args.out, {"rows": throughput_pass(Path(args.one_pass_on), args)})
+        return 0
+    if args.startup_fasta:  # a baseline timing start-up only
         with tempfile.TemporaryDirectory() as tmp:
-            dataset = args.startup_dataset or _startup_dataset(Path(args.startup_fasta), args.startup_records,
-                                                               Path(tmp) / "synth")
-            started_up = startup(str(dataset), args.micro_batch, args.seq_len)
-        print(f"start-up on {started_up['train_samples']:,} train sequences ({started_up['train_shards']} shards, "
-              f"{started_up['train_chunks']} chunks), seconds:")
-        print(f"{'layout':<8} {'build':>7} {'1st batch':>10} {'total':>7}")
-        for layout in ("padded", "packed"):
-            r = started_up[layout]
-            print(f"{layout:<8} {r['build_s']:>7.2f} {r['first_batch_s']:>10.2f} {r['total_s']:>7.2f}")
+            ds = _startup_dataset(Path(args.startup_fasta), args.startup_records, Path(tmp) / "synth")
+            write_results(args.out, {"startup": startup(str(ds), args.micro_batch, args.seq_len)})
+        return 0
+
+    baseline = _Baseline(args.baseline, args) if args.baseline else None
+    work = tempfile.TemporaryDirectory()
+    result: dict = {"startup": None, "baseline": {"revision": args.baseline} if baseline else None}
+    if args.startup_dataset or args.startup_records:
+        fasta = Path(work.name) / "synth.fa"
+        with tempfile.TemporaryDirectory() as tmp:
+            ds = args.startup_dataset or _startup_dataset(fasta, args.startup_records, Path(tmp) / "synth")
+            result["startup"] = startup(str(ds), args.micro_batch, args.seq_len)
+        _print_startup("ours", result["startup"])
+        if baseline and not args.startup_dataset:
+            theirs = baseline.run("--startup-fasta", str(fasta), "--startup-records", str(args.startup_records))
+            result["baseline"]["startup"] = theirs["startup"]
+            _print_startup(args.baseline, theirs["startup"])
+            for layout in ("padded", "packed"):
+                a, b = theirs["startup"][layout]["total_s"], result["startup"][layout]["total_s"]
+                print(f"start-up {layout}: {a:.2f} s ({args.baseline}) -> {b:.2f} s ({a / b:.0f}x faster)")
     if not CORPUS.is_file():
         print(f"SKIP throughput: {CORPUS} not found (../shared/data is absent)")
-        if started_up:
-            write_results(args.out, {"startup": started_up})
+        write_results(args.out, result)
         return 0
-    from helm_scale.data import LoaderConfig, build_loader
 
-    variants = {"clm padded": dict(objective="clm", pack=False),
-                "clm packed": dict(objective="clm", pack=True),
-                "mlm packed": dict(objective="mlm", pack=True)}
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        dataset = prepare(Path(tmp) / "antibody")
-        for name, kw in variants.items():
-            base = LoaderConfig(str(dataset), micro_batch_size=args.micro_batch, seq_len=args.seq_len,
-                                num_workers=0, **kw)
-            started = time.perf_counter()
-            reference = build_loader(base)
-            build_s = time.perf_counter() - started
-            epoch = list(reference)  # the same batches, kept in memory for the baseline
-            for workers in (0, 1, 2):
-                cfg = LoaderConfig(**{**base.__dict__, "num_workers": workers})
-                loader = build_loader(cfg)
-                sources = {"streaming": lambda: loader,
-                           "in-memory": in_memory(epoch, args.micro_batch, workers)}
-                # Alternate the two, repeat, keep the median: the 2 cores are shared with
-                # other work, and a side-by-side ratio should see the same conditions.
-                runs = {k: [] for k in sources}
-                for _ in range(args.repeats):
-                    for kind, source in sources.items():
-                        runs[kind].append(timed(source, args.seconds))
-                for kind, measured in runs.items():
-                    median = sorted(measured, key=lambda m: m["tokens_per_s"])[len(measured) // 2]
-                    rows.append({"variant": name, "loader": kind, "workers": workers,
-                                 **({"build_s": round(build_s, 3)} if kind == "streaming" else {}),
-                                 **median, "repeats_tokens_per_s": [round(m["tokens_per_s"]) for m in measured]})
-    for row in rows:
-        if row["loader"] == "streaming":
-            base = next(r for r in rows if r["loader"] == "in-memory" and r["variant"] == row["variant"]
-                        and r["workers"] == row["workers"])
-            row["vs_in_memory"] = row["tokens_per_s"] / base["tokens_per_s"]
-            row["meets_target"] = row["tokens_per_s"] >= TARGET_TOKENS_PER_S
-
-    print(f"{'variant':<11} {'loader':<10} {'workers':>7} {'Mtok/s':>8} {'fill':>6} {'vs mem':>7} {'>=4M':>5}")
+    ours_ds, theirs_ds = Path(work.name) / "antibody", Path(work.name) / "antibody-baseline"
+    prepare(ours_ds)
+    if baseline:
+        baseline.run("--prepare-to", str(theirs_ds))
+    ours, theirs = [], []
+    for _ in range(args.repeats):  # alternate passes: the 2 cores are shared, load drifts
+        ours.append(throughput_pass(ours_ds, args))
+        if baseline:
+            theirs.append(baseline.run("--one-pass-on", str(theirs_ds))["rows"])
+    rows = _medians(ours)
+    mem = {(r["variant"], r["workers"]): r for r in rows if r["loader"] == "in-memory"}
+    for r in rows:
+        if r["loader"] == "streaming":
+            r["vs_in_memory"] = r["tokens_per_s"] / mem[(r["variant"], r["workers"])]["tokens_per_s"]
+            r["meets_target"] = r["tokens_per_s"] >= TARGET_TOKENS_PER_S
+    if baseline:
+        result["baseline"]["rows"] = _medians(theirs)
+        old = {(r["variant"], r["loader"], r["workers"]): r for r in result["baseline"]["rows"]}
+        for r in rows:
+            r[f"{args.baseline}_tokens_per_s"] = old[(r["variant"], r["loader"], r["workers"])]["tokens_per_s"]
+            r[f"vs_{args.baseline}"] = r["tokens_per_s"] / r[f"{args.baseline}_tokens_per_s"]
+    rev = args.baseline or ""
+    print(f"{'variant':<11} {'loader':<10} {'workers':>7} {'Mtok/s':>8} {'fill':>6} {'vs mem':>7} {'>=4M':>5}"
+          + (f" {rev + ' Mtok/s':>16} {'vs ' + rev:>11}" if baseline else ""))
     for r in rows:
         ratio = f"{r['vs_in_memory']:.2f}" if "vs_in_memory" in r else ""
         target = ("yes" if r["meets_target"] else "no") if "meets_target" in r else ""
-        print(f"{r['variant']:<11} {r['loader']:<10} {r['workers']:>7} {r['tokens_per_s'] / 1e6:>8.2f} "
-              f"{r['fill']:>6.2f} {ratio:>7} {target:>5}")
-    baseline = _baseline(args) if args.baseline else None
-    if baseline:
-        theirs = {(r["variant"], r["workers"]): r for r in baseline["rows"] if r["loader"] == "streaming"}
-        for r in rows:
-            if r["loader"] == "streaming" and (r["variant"], r["workers"]) in theirs:
-                r[f"vs_{args.baseline}"] = r["tokens_per_s"] / theirs[(r["variant"], r["workers"])]["tokens_per_s"]
-        print(f"\nours vs {args.baseline} (measured after ours, same settings), tokens/s ratio:")
-        for r in rows:
-            if f"vs_{args.baseline}" in r:
-                print(f"{r['variant']:<11} workers {r['workers']}: {r[f'vs_{args.baseline}']:.2f}x")
-        if started_up and baseline.get("startup"):
-            for layout in ("padded", "packed"):
-                ratio = baseline["startup"][layout]["total_s"] / started_up[layout]["total_s"]
-                print(f"start-up {layout}: {baseline['startup'][layout]['total_s']:.2f} s -> "
-                      f"{started_up[layout]['total_s']:.2f} s ({ratio:.1f}x)")
+        line = (f"{r['variant']:<11} {r['loader']:<10} {r['workers']:>7} {r['tokens_per_s'] / 1e6:>8.2f} "
+                f"{r['fill']:>6.2f} {ratio:>7} {target:>5}")
+        if baseline:
+            line += f" {r[f'{rev}_tokens_per_s'] / 1e6:>16.2f} {r[f'vs_{rev}']:>10.2f}x"
+        print(line)
     versions = {p: metadata.version(p) for p in ("torch", "numpy", "webdataset", "wids", "zstandard")}
-    result = {"device": {"kind": "cpu", "cpus": os.cpu_count(), "machine": platform.machine(),
-                         "processor": platform.processor(), "python": platform.python_version()},
-              "versions": versions,
-              "config": {"corpus": CORPUS.name, "micro_batch": args.micro_batch, "seq_len": args.seq_len,
-                         "seconds_per_repeat": args.seconds, "repeats": args.repeats,
-                         "statistic": "median of repeats", "dp_size": 1,
-                         "load_average_after": os.getloadavg(),
-                         "target_tokens_per_s_per_rank": TARGET_TOKENS_PER_S},
-              "rows": rows, "startup": started_up, "baseline": baseline}
+    result.update({"device": {"kind": "cpu", "cpus": os.cpu_count(), "machine": platform.machine(),
+                              "processor": platform.processor(), "python": platform.python_version()},
+                   "versions": versions,
+                   "config": {"corpus": CORPUS.name, "micro_batch": args.micro_batch, "seq_len": args.seq_len,
+                              "seconds_per_repeat": args.seconds, "repeats": args.repeats,
+                              "statistic": "median of repeats; with --baseline, passes alternate", "dp_size": 1,
+                              "load_average_after": os.getloadavg(),
+                              "target_tokens_per_s_per_rank": TARGET_TOKENS_PER_S},
+                   "rows": rows})
     write_results(args.out, result)
     return 0
 
