@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
+from wids.wids import IndexedTarSamples
 
 from data_prep.prep import PrepConfig, SplitPolicy, run_prep
 from data_prep.synth import generate, write_fasta
@@ -79,8 +80,14 @@ def test_chunks_are_cut_at_the_target_and_the_last_one_is_short(dataset):
             assert 0 < tokens < 1500
         start += samples
     manifest = read_manifest(dataset)
-    firsts = np.cumsum([0] + [s["samples"] for s in manifest["splits"]["train"]["shards"]])[:-1]
-    assert [s["first_key"] for s in manifest["splits"]["train"]["shards"]] == [f"{i:010d}" for i in firsts]
+    shards = manifest["splits"]["train"]["shards"]
+    firsts = np.cumsum([0] + [s["samples"] for s in shards])[:-1]
+    assert [s["first_key"] for s in shards] == [f"{i:010d}" for i in firsts]
+    for shard in shards:  # plain tars: wids indexes them, one sample per chunk, keyed by its first index
+        tar = IndexedTarSamples(path=str(dataset / shard["path"]), expected_size=len(shard["chunks"]))
+        assert tar[0]["__key__"] == shard["first_key"]
+        assert set(tar[0]) == {"__key__", ".tokens.zst", ".lengths.zst", ".meta.json.zst"}
+        tar.close()
 
 
 def test_a_sequence_alone_in_each_chunk_and_a_split_smaller_than_one_chunk(tmp_path):
