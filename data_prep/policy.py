@@ -83,13 +83,20 @@ def process_batch(sequences: list[bytes], groups: list, policy: RecordPolicy,
         _mark(reason, lengths % 3 != 0, "not_multiple_of_3")
 
     # Tokenise every codon of every record at once; codon k of record r starts at
-    # starts[r] + 3k. Records already rejected contribute no codons.
+    # starts[r] + 3k. The codon code of every base position comes from three shifted
+    # views of the bases (contiguous passes), then one gather picks the in-frame ones.
+    # Records already rejected contribute no codons.
     alive = np.array([r is None for r in reason], dtype=bool)
     take = np.where(alive, n_codons, 0)
     first = np.repeat(starts, take) + 3 * (np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take))
-    c0, c1, c2 = codes[first], codes[first + 1], codes[first + 2]
-    ambiguous = (c0 == 4) | (c1 == 4) | (c2 == 4)
-    tokens = vocab.codon_lookup[(16 * c0 + 4 * c1 + c2) & 63].astype(vocab.token_dtype)
+    if len(codes) >= 3:
+        at = 16 * codes[:-2] + 4 * codes[1:-1] + codes[2:]  # <= 105: fits uint8
+        is_ambiguous = codes == 4
+        ambiguous = (is_ambiguous[:-2] | is_ambiguous[1:-1] | is_ambiguous[2:])[first]
+        codon = at[first]
+    else:
+        ambiguous, codon = np.zeros(0, dtype=bool), np.zeros(0, dtype=np.uint8)
+    tokens = vocab.codon_lookup[codon & 63].astype(vocab.token_dtype)
     tokens[ambiguous] = vocab.unk_id
     stop_ids = [vocab.index[c] for c in STOP_CODONS]
     is_stop = np.isin(tokens, stop_ids) & ~ambiguous
@@ -125,6 +132,8 @@ def process_batch(sequences: list[bytes], groups: list, policy: RecordPolicy,
 
 def _segment_sums(flags: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Sum of flags over each segment [start, start + length); empty segments give 0."""
+    if not flags.any():  # the usual case (clean input): skip a cumsum over every base
+        return np.zeros(len(starts), dtype=np.int64)
     csum = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
     return csum[starts + lengths] - csum[starts]
 

@@ -20,9 +20,11 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from helm_scale.codon import Vocabulary, helm_tree
 
-from helm_scale.shard_format import FORMAT, MANIFEST, SPLITS, shard_name
+from helm_scale.shard_format import DEFAULT_CHUNK_BYTES, FORMAT, MANIFEST, SPLITS, shard_name
 
 from . import shards
 from .accounting import FileTally, RejectSampler, format_summary, totals
@@ -63,7 +65,8 @@ class PrepConfig:
     policy: RecordPolicy = field(default_factory=RecordPolicy)
     split: SplitPolicy = field(default_factory=SplitPolicy)
     dedup: bool = True
-    shard_bytes: int = 128 << 20
+    shard_bytes: int = 128 << 20       # on disk, compressed
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES  # tokens per tar member, before compression
     zstd_level: int = 3
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     batch_records: int = 4096
@@ -75,7 +78,7 @@ class PrepConfig:
         """What determines the output's content (the worker count does not)."""
         return {"input_spec": asdict(self.input_spec), "policy": asdict(self.policy),
                 "split": asdict(self.split), "dedup": self.dedup, "shard_bytes": self.shard_bytes,
-                "zstd_level": self.zstd_level}
+                "chunk_bytes": self.chunk_bytes, "zstd_level": self.zstd_level}
 
 
 class _Pool:
@@ -112,45 +115,61 @@ class _Done:
 
 
 class _SplitWriter:
-    """Collects one split's kept samples into shards of about ``shard_bytes``."""
+    """Cuts one split's kept sequences into chunks of about ``chunk_bytes`` of tokens,
+    encoded on the workers, and appends them in order to shards of about ``shard_bytes``
+    (the main process writes: a tar member per ~8,000 sequences costs it nothing)."""
 
-    def __init__(self, name: str, cfg: PrepConfig, pool: _Pool):
-        self.name, self.cfg, self.pool = name, cfg, pool
-        self.summary = shards.SplitSummary()
-        self.pending, self.pending_bytes, self.in_flight = [], 0, deque()
+    def __init__(self, name: str, cfg: PrepConfig, pool: _Pool, token_dtype: str):
+        self.name, self.cfg, self.pool, self.token_dtype = name, cfg, pool, token_dtype
+        self.itemsize = np.dtype(token_dtype).itemsize
+        self.shards: list[shards.ShardRecord] = []
+        self.samples = self.tokens = 0  # written to shards so far
+        self.chunk = shards.ChunkColumns(0)
+        self.in_flight: deque = deque()
+        self.shard: shards.ShardWriter | None = None
 
-    def add(self, tokens: bytes, meta: dict) -> None:
-        self.pending.append((tokens, meta))
-        self.pending_bytes += len(tokens) + 1024  # tar headers and metadata: ~1 KiB a sample
-        if self.pending_bytes >= self.cfg.shard_bytes:
-            self.flush()
+    def add(self, tokens: bytes, record_id, source: str, line, group) -> None:
+        self.chunk.add(tokens, len(tokens) // self.itemsize, record_id,
+                       source, line, group)
+        if self.chunk.token_bytes >= self.cfg.chunk_bytes:
+            self._seal()
 
-    def flush(self) -> None:
-        if not self.pending:
+    def _seal(self) -> None:
+        if not len(self.chunk):
             return
-        path = shard_name(self.name, len(self.summary.shards) + len(self.in_flight))
-        first = self.summary.samples + sum(len(p) for _, p in self.in_flight)
-        self.in_flight.append((self.pool.submit(shards.write_shard, self.cfg.output, path, first,
-                                                self.pending, self.cfg.zstd_level), self.pending))
-        self.pending, self.pending_bytes = [], 0
-        # A shard is large and slow to write: queueing more than one per worker would
-        # only hold more of them in memory.
-        while len(self.in_flight) > self.pool.workers:
-            self._collect_one()
+        self.in_flight.append(self.pool.submit(shards.encode_columns, self.chunk, self.token_dtype,
+                                               self.cfg.zstd_level))
+        self.chunk = shards.ChunkColumns(self.chunk.first_index + len(self.chunk))
+        while len(self.in_flight) > self.pool.limit:
+            self._write_one()
 
-    def _collect_one(self) -> None:
-        future, samples = self.in_flight.popleft()
-        record = future.result()
-        self.summary.shards.append(record)
-        self.summary.samples += record.samples
-        self.summary.tokens += record.tokens
+    def _write_one(self) -> None:
+        sample, n_samples, n_tokens = self.in_flight.popleft().result()
+        if self.shard is None:
+            self.shard = shards.ShardWriter(self.cfg.output, shard_name(self.name, len(self.shards)),
+                                            self.samples)
+        self.shard.write(sample, n_samples, n_tokens)
+        self.samples += n_samples
+        self.tokens += n_tokens
+        if self.shard.bytes_written >= self.cfg.shard_bytes:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self.shard is not None:
+            self.shards.append(self.shard.close())
+            self.shard = None
+
+    def abandon(self) -> None:
+        if self.shard is not None:
+            self.shard.abandon()
 
     def finish(self) -> dict:
-        self.flush()
+        self._seal()
         while self.in_flight:
-            self._collect_one()
-        return {"samples": self.summary.samples, "tokens": self.summary.tokens,
-                "shards": [asdict(s) for s in self.summary.shards]}
+            self._write_one()
+        self._close_shard()
+        return {"samples": self.samples, "tokens": self.tokens,
+                "shards": [asdict(s) for s in self.shards]}
 
 
 def prepare_output(cfg: PrepConfig) -> bool:
@@ -203,11 +222,21 @@ def run_prep(cfg: PrepConfig) -> dict:
 
 
 def _prep(cfg: PrepConfig, files: list[Path], vocab: Vocabulary, pool: _Pool) -> dict:
+    writers = {s: _SplitWriter(s, cfg, pool, vocab.token_dtype.name) for s in SPLITS}
+    try:
+        return _prep_into(cfg, files, vocab, pool, writers)
+    except BaseException:
+        for w in writers.values():  # close the shard being written, so it can be removed
+            w.abandon()
+        raise
+
+
+def _prep_into(cfg: PrepConfig, files: list[Path], vocab: Vocabulary, pool: _Pool,
+               writers: dict) -> dict:
     from tqdm import tqdm
 
     started = time.perf_counter()
     seen = SeenHashes() if cfg.dedup else None
-    writers = {s: _SplitWriter(s, cfg, pool) for s in SPLITS}
     rejects = RejectSampler(cfg.rejects_per_reason)
     policy = RecordPolicy(**{**asdict(cfg.policy), "require_group": cfg.split.by == "group"})
     total_bytes = sum(f.stat().st_size for f in files)
@@ -272,9 +301,7 @@ def _account(outcomes, batch, tally, seen, writers, rejects, split: SplitPolicy)
             continue
         tally.kept += 1
         name = split.assign(outcome.tokens if split.by == "sequence" else record.group.encode())
-        writers[name].add(outcome.tokens, {"id": record.record_id, "source": tally.path,
-                                           "line": record.line, "split": name,
-                                           "group": record.group, "length": len(outcome.tokens)})
+        writers[name].add(outcome.tokens, record.record_id, tally.path, record.line, record.group)
 
 
 def _manifest(cfg, vocab, inputs, tallies, split_summaries) -> dict:
@@ -332,7 +359,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-fraction", type=float, default=0.01)
     g.add_argument("--split-seed", type=int, default=0)
     g = p.add_argument_group("output and execution")
-    g.add_argument("--shard-size", type=_size, default="128MB", help="target shard size (default 128MB)")
+    g.add_argument("--shard-size", type=_size, default="128MB",
+                   help="target shard size on disk (default 128MB)")
+    g.add_argument("--chunk-size", type=_size, default=str(DEFAULT_CHUNK_BYTES),
+                   help="tokens per tar member before compression: the unit the loader "
+                        "decompresses (default 1MiB)")
     g.add_argument("--zstd-level", type=int, default=3)
     g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: cores)")
     g.add_argument("--rejects-per-reason", type=int, default=20, help="rejects sampled to rejects.jsonl")
@@ -346,7 +377,8 @@ def config_from_args(args) -> PrepConfig:
         input_spec=InputSpec(args.column, args.id_column, args.group_column, args.group_regex),
         policy=RecordPolicy(args.frame, args.min_codons, args.max_codons, args.max_ambiguous_codons),
         split=SplitPolicy(args.split_by, args.val_fraction, args.test_fraction, args.split_seed),
-        dedup=not args.no_dedup, shard_bytes=args.shard_size, zstd_level=args.zstd_level,
+        dedup=not args.no_dedup, shard_bytes=args.shard_size,
+        chunk_bytes=args.chunk_size, zstd_level=args.zstd_level,
         workers=args.workers, rejects_per_reason=args.rejects_per_reason,
         overwrite=args.overwrite, progress=not args.quiet)
 

@@ -5,11 +5,12 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import zstandard
 
-from helm_scale.shard_format import encode_sample, sample_key
+from helm_scale.shard_format import encode_chunk, sample_key
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -34,34 +35,90 @@ class ShardRecord:
     bytes: int
     sha256: str
     first_key: str
+    chunks: list[list[int]] = field(default_factory=list)  # [samples, tokens] per chunk
 
 
-def write_shard(out_dir: str, path: str, first_index: int, samples: list[tuple[bytes, dict]],
-                level: int = 3) -> ShardRecord:
-    """Write one shard atomically: to ``path.partial``, fsync, then rename.
+@dataclass
+class ChunkColumns:
+    """One chunk's sequences as columns, before encoding (what a worker is sent)."""
 
-    ``samples`` are (token bytes, metadata) pairs whose keys follow on from
-    ``first_index``. Writing is deterministic (fixed mtime, owner and member order), so
-    the same samples always give the same bytes and the same checksum.
-    """
-    from webdataset import TarWriter  # imports torch: keep `helm-scale --help` light
+    first_index: int
+    tokens: list[bytes] = field(default_factory=list)
+    ids: list = field(default_factory=list)
+    lines: list = field(default_factory=list)
+    groups: list = field(default_factory=list)
+    sources: list[list] = field(default_factory=list)  # runs [path, records]
+    n_tokens: int = 0
+    token_bytes: int = 0
 
-    final = Path(out_dir) / path
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(final.name + PARTIAL_SUFFIX)
-    compressor = zstandard.ZstdCompressor(level=level)
-    n_tokens = 0
-    with open(partial, "wb") as f:
-        hashing = _HashingFile(f)
-        with TarWriter(hashing, encoder=False, mtime=0) as writer:
-            for i, (tokens, meta) in enumerate(samples):
-                writer.write(encode_sample(first_index + i, tokens, meta, compressor))
-                n_tokens += meta["length"]
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, final)
-    return ShardRecord(path, len(samples), n_tokens, hashing.size, hashing.sha.hexdigest(),
-                       sample_key(first_index))
+    def add(self, tokens: bytes, n_tokens: int, record_id, source: str, line, group) -> None:
+        self.tokens.append(tokens)
+        self.ids.append(record_id)
+        self.lines.append(line)
+        self.groups.append(group)
+        if self.sources and self.sources[-1][0] == source:
+            self.sources[-1][1] += 1
+        else:
+            self.sources.append([source, 1])
+        self.n_tokens += n_tokens
+        self.token_bytes += len(tokens)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@lru_cache(maxsize=4)
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    # A content checksum per frame (4 bytes): readers then catch a corrupted member for free.
+    return zstandard.ZstdCompressor(level=level, write_checksum=True)
+
+
+def encode_columns(chunk: ChunkColumns, token_dtype: str, level: int) -> tuple[dict, int, int]:
+    """(the chunk's members, samples, tokens): the CPU-heavy part, run on a worker."""
+    sample = encode_chunk(chunk.first_index, chunk.tokens, token_dtype, chunk.ids, chunk.lines,
+                          chunk.groups, chunk.sources, _compressor(level))
+    return sample, len(chunk), chunk.n_tokens
+
+
+class ShardWriter:
+    """One shard being written: chunks appended in order to ``path.partial``; ``close``
+    fsyncs and renames it into place. Deterministic (fixed mtime, owner and member
+    order), so the same chunks always give the same bytes and the same checksum."""
+
+    def __init__(self, out_dir: str, path: str, first_index: int):
+        from webdataset import TarWriter  # imports torch: keep `helm-scale --help` light
+
+        self.final = Path(out_dir) / path
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.partial = self.final.with_name(self.final.name + PARTIAL_SUFFIX)
+        self.record = ShardRecord(path, 0, 0, 0, "", sample_key(first_index))
+        self._file = open(self.partial, "wb")
+        self._hashing = _HashingFile(self._file)
+        self._tar = TarWriter(self._hashing, encoder=False, mtime=0)
+
+    @property
+    def bytes_written(self) -> int:
+        # The archive's own offset: tarfile's stream mode buffers 10 KiB before writing.
+        return self._tar.tarstream.offset
+
+    def write(self, sample: dict, samples: int, tokens: int) -> None:
+        self._tar.write(sample)
+        self.record.samples += samples
+        self.record.tokens += tokens
+        self.record.chunks.append([samples, tokens])
+
+    def close(self) -> ShardRecord:
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.partial, self.final)
+        self.record.bytes, self.record.sha256 = self._hashing.size, self._hashing.sha.hexdigest()
+        return self.record
+
+    def abandon(self) -> None:
+        self._file.close()
+        self.partial.unlink(missing_ok=True)
 
 
 def file_sha256(path, chunk: int = 1 << 20) -> str:
@@ -70,13 +127,6 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             sha.update(block)
     return sha.hexdigest()
-
-
-@dataclass
-class SplitSummary:
-    samples: int = 0
-    tokens: int = 0
-    shards: list[ShardRecord] = field(default_factory=list)
 
 
 def write_json_atomic(path, payload: dict) -> None:

@@ -46,7 +46,7 @@ def generate(n_records: int, seed: int = 0, median_codons: int = 300, min_codons
     previous = None
     for i in range(n_records):
         length = int(np.clip(rng.lognormal(np.log(median_codons), 0.55), min_codons, max_codons))
-        body = b"".join(codon_bytes[rng.choice(len(sense), size=length - 2, p=sense_p)])
+        body = codon_bytes[rng.choice(len(sense), size=length - 2, p=sense_p)].tobytes()  # S3: no padding
         seq = START_CODON.encode() + body + STOP_CODONS[rng.choice(3, p=stop_p)].encode()
         defect = DEFECTS[rng.integers(len(DEFECTS))] if rng.random() < defect_rate else None
         seq = _apply_defect(seq, defect, rng, previous)
@@ -78,7 +78,9 @@ def write_fasta(path: Path, records, line_width: int = 80) -> int:
     name or time in its header, so the same records give the same bytes."""
     n, tmp = 0, path.with_name(path.name + ".partial")
     with open(tmp, "wb") as raw:
-        out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if path.suffix == ".gz" else raw
+        # Level 6, not gzip's default 9: several times faster, a few % larger.
+        out = (gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6)
+               if path.suffix == ".gz" else raw)
         with out:
             for record_id, seq in records:
                 lines = "\n".join(seq[i:i + line_width] for i in range(0, len(seq), line_width))

@@ -1,8 +1,9 @@
 """Re-read every shard of a prepared dataset and check it against its manifest.
 
-Checks: each shard's sha256, size, sample and token counts; sample keys contiguous
-across a split's shards; every member decodes and every token id is in the vocabulary;
-each sample's metadata names its split; no sequence appears twice (when prep removed
+Checks: each shard's sha256, size, sample and token counts; its chunks, in order, against
+the manifest's chunk list (keys contiguous across a split's shards, sample and token
+counts, each chunk's lengths member against its tokens, metadata for every sequence);
+every token id is in the vocabulary; no sequence appears twice (when prep removed
 duplicates); per-split and per-input totals add up; no stray or half-written files.
 Exits non-zero with the list of problems if anything is off.
 """
@@ -12,20 +13,20 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from helm_scale.codon import Vocabulary
-
-from helm_scale.shard_format import decode_sample, read_manifest
+from helm_scale.shard_format import (LENGTHS_MEMBER, META_MEMBER, TOKENS_MEMBER, ShardError,
+                                     chunk_table, decode_chunk, decode_meta, read_manifest)
 
 from . import shards
 from .dedup import SeenHashes
 from .policy import content_hash
 
+_MEMBERS = {TOKENS_MEMBER, LENGTHS_MEMBER, META_MEMBER}  # as webdataset names them: no dot
+
 
 def verify(dataset_dir, progress: bool = False) -> list[str]:
     """Returns a list of problems; empty means the dataset matches its manifest."""
     from tqdm import tqdm
-    from webdataset.tariterators import tar_file_expander, group_by_keys
 
     root = Path(dataset_dir)
     manifest = read_manifest(root)
@@ -33,7 +34,6 @@ def verify(dataset_dir, progress: bool = False) -> list[str]:
     vocab = Vocabulary.from_dict(manifest["vocabulary"])
     if vocab.fingerprint != manifest["vocabulary_fingerprint"]:
         problems.append("vocabulary does not match its recorded fingerprint")
-    dtype = manifest["token_dtype"]
     seen = SeenHashes() if manifest["settings"]["dedup"] else None
     listed = {s["path"] for split in manifest["splits"].values() for s in split["shards"]}
     for f in root.rglob("*"):
@@ -48,40 +48,67 @@ def verify(dataset_dir, progress: bool = False) -> list[str]:
                desc="verify", disable=not progress, file=sys.stderr)
     next_index = {name: 0 for name in manifest["splits"]}
     for split_name, record in all_shards:
-        path = root / record["path"]
-        if not path.is_file():
-            problems.append(f"{record['path']}: missing")
-            continue
-        if path.stat().st_size != record["bytes"]:
-            problems.append(f"{record['path']}: {path.stat().st_size} bytes, manifest says {record['bytes']}")
-        if shards.file_sha256(path) != record["sha256"]:
-            problems.append(f"{record['path']}: sha256 differs from the manifest (corrupted or replaced)")
-        n_samples = n_tokens = 0
-        try:
-            with open(path, "rb") as stream:
-                samples = group_by_keys(tar_file_expander([{"stream": stream, "url": str(path)}]))
-                for sample in samples:
-                    key = int(sample["__key__"])
-                    if key != next_index[split_name]:
-                        problems.append(f"{record['path']}: key {key}, expected {next_index[split_name]}")
-                    next_index[split_name] = key + 1
-                    tokens, meta = decode_sample(sample, dtype)
-                    n_samples += 1
-                    n_tokens += len(tokens)
-                    if len(tokens) != meta["length"] or meta["split"] != split_name:
-                        problems.append(f"{record['path']}:{key}: metadata disagrees with its sample")
-                    if len(tokens) and int(tokens.max()) >= len(vocab):
-                        problems.append(f"{record['path']}:{key}: token id outside the vocabulary")
-                    if seen is not None and not seen.add([content_hash(tokens.tobytes())])[0]:
-                        problems.append(f"{record['path']}:{key}: duplicate sequence")
-        except Exception as e:  # any unreadable shard is a finding, not a crash
-            problems.append(f"{record['path']}: unreadable ({type(e).__name__}: {e})")
-        if (n_samples, n_tokens) != (record["samples"], record["tokens"]):
-            problems.append(f"{record['path']}: {n_samples} samples / {n_tokens} tokens, manifest "
-                            f"says {record['samples']} / {record['tokens']}")
+        if not record["path"].startswith(f"{split_name}/"):
+            problems.append(f"{record['path']}: listed under split {split_name}")
+        problems += _check_shard(root, record, manifest["token_dtype"], len(vocab), seen, next_index, split_name)
         bar.update(record["bytes"])
     bar.close()
     problems += _check_totals(manifest)
+    return problems
+
+
+def _check_shard(root: Path, record: dict, dtype: str, vocab_size: int, seen, next_index: dict,
+                 split: str) -> list[str]:
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    path, problems = root / record["path"], []
+    if not path.is_file():
+        return [f"{record['path']}: missing"]
+    if path.stat().st_size != record["bytes"]:
+        problems.append(f"{record['path']}: {path.stat().st_size} bytes, manifest says {record['bytes']}")
+    if shards.file_sha256(path) != record["sha256"]:
+        problems.append(f"{record['path']}: sha256 differs from the manifest (corrupted or replaced)")
+    table = chunk_table(record).tolist()
+    n_chunks = n_samples = n_tokens = 0
+    try:
+        with open(path, "rb") as stream:
+            for sample in group_by_keys(tar_file_expander([{"stream": stream, "url": str(path)}])):
+                where = f"{record['path']} chunk {n_chunks} (key {sample['__key__']})"
+                if n_chunks >= len(table):
+                    problems.append(f"{where}: more chunks than the manifest's {len(table)}")
+                    break
+                expected_samples, expected_tokens = table[n_chunks]
+                n_chunks += 1
+                first = next_index[split]
+                next_index[split] = first + expected_samples
+                extra = {k for k in sample if not k.startswith("__")} - _MEMBERS
+                if extra:
+                    problems.append(f"{where}: unexpected members {sorted(extra)}")
+                try:
+                    chunk = decode_chunk(sample, dtype, expected_samples, first, where)
+                    meta = decode_meta(sample, expected_samples, where)
+                except ShardError as e:
+                    problems.append(str(e))
+                    continue
+                n_samples += len(chunk)
+                n_tokens += len(chunk.tokens)
+                if len(chunk.tokens) != expected_tokens:
+                    problems.append(f"{where}: {len(chunk.tokens)} tokens, the manifest says {expected_tokens}")
+                if len(chunk.tokens) and int(chunk.tokens.max()) >= vocab_size:
+                    problems.append(f"{where}: token id outside the vocabulary")
+                if any(not m["id"] and m["id"] != 0 for m in meta):
+                    problems.append(f"{where}: a sequence without an id")
+                if seen is not None:
+                    hashes = [content_hash(chunk.sequence(i).tobytes()) for i in range(len(chunk))]
+                    for i in {int(i) for i in (~seen.add(hashes)).nonzero()[0]}:
+                        problems.append(f"{where}: sequence {first + i} is a duplicate")
+    except Exception as e:  # any unreadable shard is a finding, not a crash
+        problems.append(f"{record['path']}: unreadable ({type(e).__name__}: {e})")
+    if n_chunks != len(table):
+        problems.append(f"{record['path']}: {n_chunks} chunks, the manifest lists {len(table)}")
+    if (n_samples, n_tokens) != (record["samples"], record["tokens"]):
+        problems.append(f"{record['path']}: {n_samples} samples / {n_tokens} tokens, manifest "
+                        f"says {record['samples']} / {record['tokens']}")
     return problems
 
 
@@ -119,5 +146,6 @@ def run(args) -> int:
         for p in problems:
             print(f"  {p}", file=sys.stderr)
         return 1
-    print(f"{args.dataset}: OK ({n:,} samples in {n_shards} shards match the manifest)")
+    n_chunks = sum(len(s["chunks"]) for split in manifest["splits"].values() for s in split["shards"])
+    print(f"{args.dataset}: OK ({n:,} samples in {n_chunks} chunks of {n_shards} shards match the manifest)")
     return 0

@@ -14,7 +14,7 @@ from helm_scale.config_io import ConfigError, load_config
 from helm_scale.losses import LossConfig
 from helm_scale.model_config import ModelConfig
 from helm_scale.parallel import OptimizerConfig, ParallelConfig
-from helm_scale.shard_format import MANIFEST
+from helm_scale.shard_format import MANIFEST, read_manifest
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,10 @@ class TrainConfig:
         if not (Path(self.data.dataset_dir) / MANIFEST).is_file():
             raise ConfigError(f"data.dataset_dir {self.data.dataset_dir} has no {MANIFEST}: "
                               "run helm-scale prep first")
+        try:  # e.g. an older shard format: say how to rebuild it before any process starts
+            read_manifest(self.data.dataset_dir)
+        except ValueError as e:
+            raise ConfigError(f"data.dataset_dir: {e}") from None
         if self.run.resume not in ("auto", "none") and not Path(self.run.resume).exists():
             raise ConfigError(f"run.resume={self.run.resume!r} is neither auto, none nor an existing "
                               "run or checkpoint directory")

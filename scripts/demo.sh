@@ -8,7 +8,7 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=1
 run() { echo "+ $*"; "$@"; }
 run helm-scale synth demo/corpus.fa.gz --records 20000 --seed 0
-run helm-scale prep demo/corpus.fa.gz -o demo/shards --shard-size 8MB --overwrite
+run helm-scale prep demo/corpus.fa.gz -o demo/shards --shard-size 2MB --overwrite
 run helm-scale verify demo/shards
 rm -rf demo/run
 run torchrun --standalone --nproc-per-node 2 -m helm_scale.cli train configs/tiny.yaml \

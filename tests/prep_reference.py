@@ -4,6 +4,7 @@ beyond the vocabulary."""
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import zstandard
@@ -58,16 +59,31 @@ def read_fasta(path) -> list[tuple[str, str]]:
 
 
 def read_dataset(root) -> dict[str, list[tuple[list[int], dict]]]:
-    """Every split's samples in key order: (tokens, metadata)."""
+    """Every split's samples in index order: (tokens, metadata), from the tar members of
+    format 2 read by hand (one chunk: tokens, uint32 lengths, columnar metadata)."""
     manifest, d = read_manifest(root), zstandard.ZstdDecompressor()
-    import json
     out = {}
     for name, split in manifest["splits"].items():
         rows = []
         for shard in split["shards"]:
             with open(Path(root) / shard["path"], "rb") as stream:
-                for sample in group_by_keys(tar_file_expander([{"stream": stream, "url": shard["path"]}])):
-                    rows.append((list(d.decompress(sample["tokens.zst"])),
-                                 json.loads(d.decompress(sample["json.zst"]))))
+                for chunk in group_by_keys(tar_file_expander([{"stream": stream, "url": shard["path"]}])):
+                    assert int(chunk["__key__"]) == len(rows)
+                    tokens = list(d.decompress(chunk["tokens.zst"]))
+                    raw = d.decompress(chunk["lengths.zst"])
+                    lengths = [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
+                    meta = json.loads(d.decompress(chunk["meta.json.zst"]))
+                    sources = [path for path, n in meta["source"] for _ in range(n)]
+                    groups = meta["group"] or [None] * len(lengths)
+                    lines, line = [], 0
+                    for delta in meta["line_delta"]:
+                        line += delta
+                        lines.append(line)
+                    start = 0
+                    for k, n in enumerate(lengths):
+                        rows.append((tokens[start:start + n], {"id": meta["id"][k], "source": sources[k],
+                                                               "line": lines[k], "group": groups[k]}))
+                        start += n
+                    assert start == len(tokens)
         out[name] = rows
     return out

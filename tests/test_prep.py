@@ -13,11 +13,13 @@ from data_prep.synth import generate, write_fasta
 from data_prep.verify import verify
 from tests.prep_reference import expected_outcome, read_dataset, read_fasta
 
-SHARD_BYTES = 40_000  # small, so a few hundred records make several shards
+SHARD_BYTES = 6_000  # small, so a few hundred records make several shards ...
+CHUNK_BYTES = 2_000  # ... of several chunks each
 
 
 def _cfg(inputs, out, **kw):
     kw.setdefault("shard_bytes", SHARD_BYTES)
+    kw.setdefault("chunk_bytes", CHUNK_BYTES)
     kw.setdefault("workers", 1)
     kw.setdefault("split", SplitPolicy(val_fraction=0.1, test_fraction=0.1))
     return PrepConfig(inputs=[str(i) for i in inputs], output=str(out), progress=False, **kw)

@@ -59,7 +59,9 @@ class LoaderConfig:
     num_workers: int = 2
     prefetch_factor: int = 4            # batches in flight per worker
     pin_memory: bool | str = "auto"     # "auto": when CUDA is available
-    max_open_shards: int | None = None  # None: enough for one window plus its neighbours
+    # Decompressed chunks (~1 MiB each) kept per worker. None: enough for the two shuffle
+    # windows a global batch can straddle, so each chunk is decompressed once per window.
+    cache_chunks: int | None = None
     # How workers start: None keeps the process's default (fork on Linux, but spawn inside
     # processes that torch.multiprocessing.spawn made, where each worker re-imports torch:
     # seconds). "fork" is cheap; "forkserver" is the safe choice if fork troubles you.
@@ -110,8 +112,8 @@ class _MicroBatches(Dataset):
         start = first_row + self.dp_rank * mb
         rows = self.plan(epoch).rows(start, start + mb)
         vocab, seq_len = self.cfg.vocabulary, self.cfg.seq_len
-        tokens = [[(int(i), with_specials(self.reader.tokens(int(i)), seq_len, vocab)) for i in row]
-                  for row in rows]
+        codons = iter(self.reader.tokens_of(np.concatenate(rows)))
+        tokens = [[(int(i), with_specials(next(codons), seq_len, vocab)) for i in row] for row in rows]
         return self.collator(tokens, epoch)
 
 
@@ -210,6 +212,18 @@ class ResumableLoader:
         self.epoch, self._rows_consumed = epoch, rows
 
 
+def window_chunks(chunk_samples: np.ndarray, window: int) -> int:
+    """Chunks two consecutive shuffle windows can touch, bounded by the split's chunks.
+
+    A window is ``window`` consecutive positions of the shard-permuted order, so it
+    covers whole chunks plus a part at each end, and one more part per shard boundary it
+    crosses; counting with the small chunks (the 10th percentile: last chunks of shards
+    are short) keeps the bound safe for uneven ones.
+    """
+    small = max(1.0, float(np.percentile(chunk_samples, 10)))
+    return int(min(len(chunk_samples), 2 * (math.ceil(window / small) + 3)))
+
+
 def dataset_id(manifest: dict, split: str) -> str:
     """Identity of a split's content: the shard checksums, in order."""
     shas = [s["sha256"] for s in manifest["splits"][split]["shards"]]
@@ -221,9 +235,8 @@ def build_loader(cfg: LoaderConfig, dp_rank: int = 0, dp_size: int = 1) -> Resum
         raise ValueError(f"need 0 <= dp_rank < dp_size, got {dp_rank}, {dp_size}")
     manifest = read_manifest(cfg.dataset_dir)
     check_manifest(manifest, cfg.split, cfg.vocabulary)
-    sizes = [s["samples"] for s in manifest["splits"][cfg.split]["shards"]]
-    open_shards = cfg.max_open_shards or min(len(sizes), math.ceil(cfg.shuffle_window / np.mean(sizes)) + 3)
-    reader = SplitReader(Path(cfg.dataset_dir), cfg.split, open_shards, manifest)
+    reader = SplitReader(Path(cfg.dataset_dir), cfg.split, manifest=manifest)
+    reader.cache_chunks = cfg.cache_chunks or window_chunks(reader.chunk_samples, cfg.shuffle_window)
     lengths = reader.codon_lengths() if cfg.pack else None
     return ResumableLoader(cfg, dp_rank, dp_size, _MicroBatches(cfg, reader, dp_rank, lengths),
                            dataset_id(manifest, cfg.split))

@@ -60,6 +60,8 @@ def read_split(dataset_dir: str | Path, split: str) -> list[str]:
     reader = SplitReader(dataset_dir, split, manifest=manifest)
     try:
         return [vocab.decode(reader.tokens(i).tolist()) for i in range(reader.num_samples)]
+    except ValueError as e:  # a shard that does not match its manifest
+        raise EvalInputError(str(e)) from None
     finally:
         reader.close()
 
