@@ -11,9 +11,9 @@ gradient of every objective in ``tables`` has the form
 with e_v = exp(z_v - max) and per-token, per-group coefficients (tokens x groups) built
 from tokens x height numbers the forward pass saves. The exp buffer saved for backward
 is overwritten by the gradient in place, as megatron-core's vocab_parallel_cross_entropy
-does; with ``overwrite_logits`` that buffer is the caller's logits (fp32 / fp64), or, for
-bf16 / fp16 logits, the caller's buffer receives the gradient: either way the caller
-must not read its logits after the call.
+does; with ``overwrite_logits`` and fp32 / fp64 logits that buffer is the caller's logits
+themselves, which the caller must then not read after the call (bf16 / fp16 logits are
+cast to a new fp32 buffer first and never touched).
 
 Passes over the tokens x vocabulary block, forward: max (with argmax, for the synonym
 accuracy), subtract (into a new fp32 buffer unless overwriting), exp, row sum, the
@@ -51,22 +51,38 @@ class ShardTables:
     grouped_end: int = 0
 
     def __post_init__(self):
-        # closure[g, h] = 1 where group g is h or lies under h (sink: only itself). Sums
-        # up the tree are then one (tokens x G) @ (G x G) product instead of a chain of
-        # small index ops per level; the entries are 0/1, so the product adds exactly the
-        # same terms.
-        sums = torch.eye(self.num_groups + 1, dtype=torch.float64,
-                         device=self.parent_column.device)
+        # closure[g, h] = 1 where group g is h or lies under h (sink: only itself): the
+        # 0/1 matrix that turns per-group values into sums up or down the tree in one
+        # product, adding exactly the same terms as a walk level by level.
+        closure = torch.eye(self.num_groups + 1, dtype=torch.float64,
+                            device=self.parent_column.device)
         for child, parent in self.group_levels:
-            sums.index_add_(1, parent, sums.index_select(1, child))
-        object.__setattr__(self, "_closure", {torch.float64: sums})
+            closure.index_add_(1, parent, closure.index_select(1, child))
+        # Only groups with groups under them ("internal") need more than their own leaves'
+        # sum: mass(h) = own(h) + sum over groups strictly under h, for those few h.
+        strict = closure - torch.eye(closure.shape[0], dtype=closure.dtype,
+                                     device=closure.device)
+        internal = torch.nonzero(strict.sum(0)).flatten()
+        slot = torch.zeros(closure.shape[0], dtype=torch.long, device=closure.device)
+        slot[internal] = torch.arange(1, internal.numel() + 1, device=closure.device)
+        object.__setattr__(self, "_cache", {})
+        object.__setattr__(self, "_closure_rows", closure.T)
+        object.__setattr__(self, "_below_internal", strict[:, internal])
+        object.__setattr__(self, "internal_slot", slot)  # group -> 1 + its internal index
 
-    def closure(self, dtype: torch.dtype, transposed: bool = False) -> torch.Tensor:
-        cache, key = self._closure, (dtype, transposed)
-        if key not in cache:
-            full = cache[torch.float64]
-            cache[key] = (full.T if transposed else full).to(dtype).contiguous()
-        return cache[key]
+    def _as(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        key = (name, dtype)
+        if key not in self._cache:
+            self._cache[key] = getattr(self, name).to(dtype).contiguous()
+        return self._cache[key]
+
+    def closure_rows(self, dtype: torch.dtype) -> torch.Tensor:
+        """[G+1, G+1]: row h marks h and the groups under it."""
+        return self._as("_closure_rows", dtype)
+
+    def below_internal(self, dtype: torch.dtype) -> torch.Tensor:
+        """[G+1, internal groups]: 1 where a group lies strictly under an internal one."""
+        return self._as("_below_internal", dtype)
 
 
 def grouped_range(parent_column: torch.Tensor, sink: int) -> tuple[int, int]:
@@ -87,17 +103,24 @@ def blocked_layout(parent_column: torch.Tensor) -> tuple[int, torch.Tensor | Non
     return block, runs[:, 0].contiguous()
 
 
-def _group_sums(values: torch.Tensor, shard: ShardTables) -> torch.Tensor:
-    """[tokens, G+1]: sum of ``values`` over each group's leaves in this slice, every
-    group of the tree (not only the leaves' parents)."""
-    out = values.new_zeros(values.shape[0], shard.num_groups + 1)
+def _path_sums(values: torch.Tensor, shard: ShardTables,
+               path_columns: torch.Tensor) -> torch.Tensor:
+    """[tokens, H]: sum of ``values`` over the leaves under each path slot's group, in this
+    slice. One pass over the block gives each group's sum over its own leaves; groups
+    with groups under them add those (a tokens x G by G x internal product)."""
+    own = values.new_zeros(values.shape[0], shard.num_groups + 1)
     if shard.block:
         per_block = values.view(values.shape[0], -1, shard.block).sum(dim=-1)
-        out.index_add_(1, shard.block_column, per_block)
+        own.index_add_(1, shard.block_column, per_block)
     else:
         lo, hi = shard.grouped_start, shard.grouped_end
-        out.index_add_(1, shard.parent_column[lo:hi], values[:, lo:hi])
-    return out @ shard.closure(out.dtype)
+        own.index_add_(1, shard.parent_column[lo:hi], values[:, lo:hi])
+    sums = own.gather(1, path_columns)
+    below = shard.below_internal(values.dtype)
+    if below.shape[1]:
+        below_sums = torch.cat([own.new_zeros(own.shape[0], 1), own @ below], dim=1)
+        sums += below_sums.gather(1, shard.internal_slot[path_columns])
+    return sums
 
 
 def _apply_by_group(block: torch.Tensor, coefficients: torch.Tensor, shard: ShardTables,
@@ -127,7 +150,7 @@ def _down_the_tree(path_columns: torch.Tensor, weights: torch.Tensor,
     scattering the weights into tokens x groups and multiplying by the closure)."""
     if path_columns.shape[1] == 0:  # a flat tree: no group above any leaf
         return weights.new_zeros(weights.shape[0], shard.num_groups + 1)
-    return F.embedding_bag(path_columns, shard.closure(weights.dtype, transposed=True),
+    return F.embedding_bag(path_columns, shard.closure_rows(weights.dtype),
                            per_sample_weights=weights, mode="sum")
 
 
@@ -144,8 +167,12 @@ class VocabParallelHXE(torch.autograd.Function):
         rows = z.shape[0]
         soft = logit_sum_weights is not None
 
+        in_place = overwrite_logits and z.dtype == compute and z.is_contiguous()
+        if z.dtype != compute:
+            # Cast first, as megatron-core does: a same-dtype max and in-place subtract are
+            # twice as fast on CPU as mixed bf16 / fp32 elementwise ops.
+            z = z.to(compute, memory_format=torch.contiguous_format)
         local_max, local_arg = z.max(dim=-1)
-        local_max = local_max.to(compute)
         global_max = local_max.clone()
         if group is not None:
             dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
@@ -153,22 +180,22 @@ class VocabParallelHXE(torch.autograd.Function):
         local_target = targets - shard.vocab_start
         is_local = (local_target >= 0) & (local_target < v_local)
         target_index = local_target.clamp(0, v_local - 1)
-        target_logit = z.gather(1, target_index[:, None]).squeeze(1).to(compute)
+        target_logit = z.gather(1, target_index[:, None]).squeeze(1)
         target_logit = torch.where(is_local, target_logit, torch.zeros_like(target_logit))
         synonym_hit = (local_max == global_max) & (shard.token_class[local_arg] == target_class)
 
-        in_place = overwrite_logits and z.dtype == compute and z.is_contiguous()
-        if in_place:  # megatron-style: the logits buffer becomes the softmax buffer
+        if in_place or z.dtype != logits.dtype:
+            # in place: megatron-style, the logits buffer becomes the softmax buffer
             work = z.sub_(global_max[:, None])
-        else:  # one pass: cast (bf16 -> fp32 by promotion) and shift into a new buffer
-            work = torch.sub(z, global_max[:, None].to(compute))
+        else:  # subtract into a new buffer, one pass
+            work = torch.sub(z, global_max[:, None]).contiguous()
         parts = [target_logit[:, None], None, synonym_hit.to(compute)[:, None]]
         if soft:
-            shifted_path = _group_sums(work, shard).gather(1, path_columns)
+            shifted_path = _path_sums(work, shard, path_columns)
         work.exp_()
         total = work.sum(dim=1)
         parts[1] = total[:, None]
-        parts.append(_group_sums(work, shard).gather(1, path_columns))
+        parts.append(_path_sums(work, shard, path_columns))
         if soft:
             parts.append(shifted_path)
         packed = torch.cat(parts, dim=1)
@@ -203,13 +230,9 @@ class VocabParallelHXE(torch.autograd.Function):
         if soft:
             leaf = leaf + logit_sum_weights[:, 0]
         # Save the caller's buffer itself, not a view of it, when it was overwritten: the
-        # backward edits it in place. A low-precision caller buffer that may be
-        # overwritten receives the gradient (no new tokens x vocab buffer in backward).
-        grad_into = logits if overwrite_logits and not in_place and logits.is_contiguous() \
-            else None
+        # backward edits it in place.
         ctx.save_for_backward(logits if in_place else work, scale / total, slot_weights,
-                              leaf, target_index, is_local, path_columns,
-                              logit_sum_weights, grad_into)
+                              leaf, target_index, is_local, path_columns, logit_sum_weights)
         ctx.shard = shard  # constant tables, not activations
         ctx.input_shape, ctx.input_dtype, ctx.used = logits.shape, logits.dtype, False
         ctx.reusable = reusable_backward
@@ -226,12 +249,11 @@ class VocabParallelHXE(torch.autograd.Function):
                                "a second backward (retain_graph) is not supported")
         ctx.used = True
         (work, softmax_scale, slot_weights, leaf, target_index, is_local, path_columns,
-         logit_sum_weights, grad_into) = ctx.saved_tensors
+         logit_sum_weights) = ctx.saved_tensors
         shard = ctx.shard
         work = work.detach().reshape(-1, work.shape[-1])
         if ctx.reusable:
             work = work.clone()
-            grad_into = None
         g = grad_loss.to(work.dtype)
         rows, cols = work.shape
         multiplier = ((softmax_scale * g)[:, None]
@@ -250,10 +272,7 @@ class VocabParallelHXE(torch.autograd.Function):
         # distinct flat positions: a 1-D index_add is the cheapest scatter on CPU
         flat_target = torch.arange(0, rows * cols, cols, device=work.device) + target_index
         work.view(-1).index_add_(0, flat_target, leaf_grad, alpha=-1)
-        if grad_into is not None:  # the caller's low-precision logits buffer
-            grad = grad_into.copy_(work.view(ctx.input_shape))
-        else:
-            grad = work.view(ctx.input_shape)
-            if ctx.input_dtype != work.dtype:
-                grad = grad.to(ctx.input_dtype)
+        grad = work.view(ctx.input_shape)
+        if ctx.input_dtype != work.dtype:
+            grad = grad.to(ctx.input_dtype)
         return grad, None, None, None, None, None, None, None, None, None, None
