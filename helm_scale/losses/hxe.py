@@ -66,7 +66,10 @@ class ShardTables:
         slot = torch.zeros(closure.shape[0], dtype=torch.long, device=closure.device)
         slot[internal] = torch.arange(1, internal.numel() + 1, device=closure.device)
         object.__setattr__(self, "_cache", {})
-        object.__setattr__(self, "_closure_rows", closure.T)
+        # One more row of ones (column G+1 of a bag) adds a per-token constant to every
+        # group: the softmax term of the backward coefficients rides in the same bag.
+        object.__setattr__(self, "_closure_rows", torch.cat(
+            [closure.T, torch.ones_like(closure[:1])]))
         object.__setattr__(self, "_internal_rows", strict[:, internal].T)
         object.__setattr__(self, "internal_slot", slot)  # group -> 1 + its internal index
 
@@ -77,7 +80,7 @@ class ShardTables:
         return self._cache[key]
 
     def closure_rows(self, dtype: torch.dtype) -> torch.Tensor:
-        """[G+1, G+1]: row h marks h and the groups under it."""
+        """[G+2, G+1]: row h marks h and the groups under it; row G+1 marks every group."""
         return self._as("_closure_rows", dtype)
 
     def internal_rows(self, dtype: torch.dtype) -> torch.Tensor:
@@ -104,10 +107,11 @@ def blocked_layout(parent_column: torch.Tensor) -> tuple[int, torch.Tensor | Non
 
 
 def _path_sums(values: torch.Tensor, shard: ShardTables,
-               path_columns: torch.Tensor) -> torch.Tensor:
-    """[tokens, H]: sum of ``values`` over the leaves under each path slot's group, in this
-    slice. One pass over the block gives each group's sum over its own leaves; groups
-    with groups under them add those (a tokens x G by G x internal product)."""
+               path_columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """([tokens, H], [tokens]): sum of ``values`` over the leaves under each path slot's
+    group, and over the whole slice. One pass over the block gives each group's sum over
+    its own leaves; groups with groups under them add those (a tokens x G by G x internal
+    product); the total adds the few own sums to the padding outside the grouped run."""
     own = values.new_zeros(values.shape[0], shard.num_groups + 1)
     if shard.block:
         per_block = values.view(values.shape[0], -1, shard.block).sum(dim=-1)
@@ -115,14 +119,19 @@ def _path_sums(values: torch.Tensor, shard: ShardTables,
     else:
         lo, hi = shard.grouped_start, shard.grouped_end
         own.index_add_(1, shard.parent_column[lo:hi], values[:, lo:hi])
+    total = own.sum(dim=1)
+    if not shard.block:
+        for outside in (values[:, :shard.grouped_start], values[:, shard.grouped_end:]):
+            if outside.shape[1]:
+                total += outside.sum(dim=1)
     sums = own.gather(1, path_columns)
     internal = shard.internal_rows(values.dtype)
     if internal.shape[0]:
         # F.linear (own @ internal.T) takes a faster BLAS path than own @ internal.T
         # materialised: 2.4x on this CPU for a skinny product.
         below_sums = torch.cat([own.new_zeros(own.shape[0], 1), F.linear(own, internal)], 1)
-        sums += below_sums.gather(1, shard.internal_slot[path_columns])
-    return sums
+        sums += below_sums.gather(1, shard.internal_slot.take(path_columns))
+    return sums, total
 
 
 def _apply_by_group(block: torch.Tensor, coefficients: torch.Tensor, shard: ShardTables,
@@ -149,17 +158,18 @@ def _chunk_rows(rows: int, cols: int) -> int:
     return max(1, min(rows, (1 << 20) // max(cols, 1)))
 
 
-def _down_the_tree(path_columns: torch.Tensor, weights: torch.Tensor,
+def _down_the_tree(bag_columns: torch.Tensor, weights: torch.Tensor,
                    shard: ShardTables) -> torch.Tensor:
-    """[tokens, G+1]: for each group g, the sum of ``weights`` over the path slots whose
-    node is g or an ancestor of g (``weights`` is 0 on invalid slots).
+    """[tokens, G+1]: for each group g, the sum of ``weights`` over the bag entries whose
+    node is g or an ancestor of g (entry G+1: every group; ``weights`` is 0 on invalid
+    path slots).
 
-    That is sum_j weights[:, j] * closure[g, path_columns[:, j]]: a weighted bag of the
-    closure's columns, which embedding_bag sums in one pass (about 4x faster on CPU than
+    That is sum_j weights[:, j] * closure_rows[bag_columns[:, j], g]: a weighted bag of
+    closure rows, which embedding_bag sums in one pass (about 4x faster on CPU than
     scattering the weights into tokens x groups and multiplying by the closure)."""
-    if path_columns.shape[1] == 0:  # a flat tree: no group above any leaf
+    if bag_columns.shape[1] == 0:  # a flat tree: no group above any leaf
         return weights.new_zeros(weights.shape[0], shard.num_groups + 1)
-    return F.embedding_bag(path_columns, shard.closure_rows(weights.dtype),
+    return F.embedding_bag(bag_columns, shard.closure_rows(weights.dtype),
                            per_sample_weights=weights, mode="sum")
 
 
@@ -200,11 +210,11 @@ class VocabParallelHXE(torch.autograd.Function):
             work = torch.sub(z, global_max[:, None]).contiguous()
         parts = [target_logit[:, None], None, synonym_hit.to(compute)[:, None]]
         if soft:
-            shifted_path = _path_sums(work, shard, path_columns)
+            shifted_path = _path_sums(work, shard, path_columns)[0]
         work.exp_()
-        total = work.sum(dim=1)
+        path_mass, total = _path_sums(work, shard, path_columns)
         parts[1] = total[:, None]
-        parts.append(_path_sums(work, shard, path_columns))
+        parts.append(path_mass)
         if soft:
             parts.append(shifted_path)
         packed = torch.cat(parts, dim=1)
@@ -228,20 +238,25 @@ class VocabParallelHXE(torch.autograd.Function):
             sums[:, 0] = shifted_target
             loss = loss - (logit_sum_weights * sums).sum(dim=1) + soft_total * log_total
 
-        # Backward coefficients, kept at tokens x height: w_j / P(n_j) per path slot, the
-        # softmax scale, and the leaf's own coefficient; backward expands them.
+        # Backward coefficients, kept at tokens x height: per group g,
+        #   multiplier[g] = scale / total - sum_j w_j / P(n_j) [g under n_j]
+        # as one bag (path slots above the leaf, then the every-group row for the
+        # softmax scale), and the leaf's own coefficient; backward expands them.
         inverse_mass = torch.exp(-log_mass).clamp_max_(1 / tiny)  # contiguous: vectorised
-        slot_weights = log_mass_weights[:, 1:] * inverse_mass[:, 1:]
         scale = log_mass_weights.sum(dim=1)
         if soft:
             scale = scale + soft_total
+        bag_weights = torch.cat([-log_mass_weights[:, 1:] * inverse_mass[:, 1:],
+                                 (scale / total)[:, None]], dim=1)
+        bag_columns = torch.cat([path_columns[:, 1:],
+                                 path_columns.new_full((rows, 1), shard.num_groups + 1)], 1)
         leaf = log_mass_weights[:, 0]
         if soft:
             leaf = leaf + logit_sum_weights[:, 0]
         # Save the caller's buffer itself, not a view of it, when it was overwritten: the
         # backward edits it in place.
-        ctx.save_for_backward(logits if in_place else work, scale / total, slot_weights,
-                              leaf, target_index, is_local, path_columns, logit_sum_weights)
+        ctx.save_for_backward(logits if in_place else work, bag_weights, bag_columns, leaf,
+                              target_index, is_local, logit_sum_weights)
         ctx.shard = shard  # constant tables, not activations
         ctx.input_shape, ctx.input_dtype, ctx.used = logits.shape, logits.dtype, False
         ctx.reusable = reusable_backward
@@ -257,7 +272,7 @@ class VocabParallelHXE(torch.autograd.Function):
             raise RuntimeError("VocabParallelHXE overwrites its saved softmax in backward; "
                                "a second backward (retain_graph) is not supported")
         ctx.used = True
-        (work, softmax_scale, slot_weights, leaf, target_index, is_local, path_columns,
+        (work, bag_weights, bag_columns, leaf, target_index, is_local,
          logit_sum_weights) = ctx.saved_tensors
         shard = ctx.shard
         work = work.detach().reshape(-1, work.shape[-1])
@@ -265,12 +280,11 @@ class VocabParallelHXE(torch.autograd.Function):
             work = work.clone()
         g = grad_loss.to(work.dtype)
         rows, cols = work.shape
-        multiplier = ((softmax_scale * g)[:, None]
-                      - _down_the_tree(path_columns[:, 1:], slot_weights * g[:, None], shard))
+        multiplier = _down_the_tree(bag_columns, bag_weights * g[:, None], shard)
         addend = None
         if logit_sum_weights is not None:
-            addend = _down_the_tree(path_columns[:, 1:], logit_sum_weights[:, 1:] * g[:, None],
-                                    shard)
+            path_columns = bag_columns[:, :-1]
+            addend = _down_the_tree(path_columns, logit_sum_weights[:, 1:] * g[:, None], shard)
         step = _chunk_rows(rows, cols)
         for start in range(0, rows, step):
             block = work[start:start + step]
