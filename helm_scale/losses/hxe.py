@@ -186,7 +186,8 @@ class VocabParallelHXE(torch.autograd.Function):
         rows = z.shape[0]
         soft = logit_sum_weights is not None
 
-        in_place = overwrite_logits and z.dtype == compute and z.is_contiguous()
+        # Only a contiguous caller buffer is overwritten: reshape of anything else copies.
+        in_place = overwrite_logits and z.dtype == compute and logits.is_contiguous()
         if z.dtype != compute:
             # Cast first, as megatron-core does: a same-dtype max and in-place subtract are
             # twice as fast on CPU as mixed bf16 / fp32 elementwise ops.
