@@ -16,10 +16,13 @@ themselves, which the caller must then not read after the call (bf16 / fp16 logi
 cast to a new fp32 buffer first and never touched).
 
 Passes over the tokens x vocabulary block, forward: max (with argmax, for the synonym
-accuracy), subtract (into a new fp32 buffer unless overwriting), exp, row sum, the
-leaf-parent group sums; backward: one multiply by the expanded coefficients (in
-cache-sized row chunks). Everything else is tokens x groups or smaller: group sums up
-the tree and coefficients down it are one matmul each with the 0/1 group closure matrix.
+accuracy), subtract (into a new fp32 buffer unless overwriting), exp, each group's sum
+over its own leaves (one index_add over the grouped run; the padding only adds to the
+row total); backward: one multiply by the expanded coefficients (in cache-sized row
+chunks, a broadcast over the padding) and the target's own term. Everything else is
+tokens x groups or smaller, through the 0/1 group closure matrix: path masses add, for
+the few groups with groups under them, one tokens x G by G x internal product; the
+backward's per-group coefficients are one embedding_bag of closure rows.
 """
 from __future__ import annotations
 
