@@ -1,16 +1,26 @@
 """Forward + backward time and peak memory: vocab-parallel HXE vs megatron-core's flat
 vocab-parallel CE vs F.cross_entropy, on the same logits, side by side in one run.
 
-    python benchmarks/hxe_loss.py [--quick]
+    python benchmarks/hxe_loss.py [--quick] [--sixmer] [--out PATH]
 
-Two gloo processes, one thread each: TP = 2 runs on both; TP = 1 runs on rank 0 alone
-while rank 1 waits. Memory is the process's peak resident set growth during
-fwd+bwd (Linux clear_refs / VmHWM; glibc is told to mmap every large block so freed
-tensors leave RSS at once), measured with the logits already allocated; the gradient
-that ends in logits.grad counts. Writes benchmarks/results/hxe_loss_cpu.json.
+Codon vocabulary padded to 128 (as megatron pads it), 8k / 32k / 128k tokens, fp32 and
+bf16 logits (the loss math is fp32 either way), TP = 1 and 2. Two gloo processes, one
+thread each: TP = 2 runs on both; TP = 1 runs on rank 0 alone while rank 1 waits.
+``--sixmer`` adds a 4,096-entry codon-pair vocabulary (the blocked layout) at 16k tokens.
+
+Time: the methods take turns within every repeat (HXE, HXE overwriting its logits,
+megatron-core, F.cross_entropy), so load from other processes on the machine hits them
+alike; a row reports the median fwd+bwd time per method and the median and quartiles of
+the per-repeat ratio HXE / megatron-core. Memory, two views: the process's peak resident
+set growth during fwd+bwd (Linux clear_refs / VmHWM; glibc is told to mmap every large
+block so freed tensors leave RSS at once), measured with the logits already allocated,
+the gradient that ends in logits.grad included; and the bytes autograd holds for
+backward (saved_tensors_hooks), counting each storage once and not counting the
+caller's own logits buffer. Writes benchmarks/results/hxe_loss_cpu.json (or --out).
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 import platform
@@ -30,10 +40,11 @@ from tests.dist_utils import run_ranks  # noqa: E402
 from results_io import write_results  # noqa: E402  (beside this script)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hxe_loss_cpu.json"
-# 256k tokens x 4,096 entries is 4 GiB per fp32 copy and several seconds per pass on two
-# cores: the 6-mer vocabulary stops at 64k tokens here.
-GRID = {"codon": (16_384, 65_536, 262_144), "6mer": (16_384, 65_536)}
-QUICK_GRID = {"codon": (16_384,), "6mer": (16_384,)}
+# (vocabulary, tokens, logits dtype). A 4,096-entry vocabulary costs 32x the codon
+# vocabulary per token: one size of it shows the blocked layout without dominating the run.
+GRID = [("codon", n, d) for n in (8_192, 32_768, 131_072) for d in ("float32", "bfloat16")]
+SIXMER = [("6mer", 16_384, "float32")]
+QUICK_GRID = [("codon", 8_192, "float32"), ("codon", 8_192, "bfloat16")]
 
 
 def sixmer_tree() -> CodonTree:
@@ -80,12 +91,28 @@ def _peak_mib(step, make_input) -> float:
     return (_status_kib("VmHWM") - before) / 1024
 
 
+def _saved_mib(step, make_input) -> float:
+    """MiB that autograd keeps for backward: each saved storage once, the caller's logits
+    buffer (which an overwriting loss saves as its softmax) not counted."""
+    z = make_input()
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step(z)
+    storages.pop(z.untyped_storage().data_ptr(), None)
+    return sum(storages.values()) / 2**20
+
+
 def _measure(methods: dict, make_input, reps: int) -> dict:
-    """Peak memory per method, then timings interleaved method by method, so that load
-    from other processes on the machine hits every method alike."""
+    """Memory per method, then timings interleaved method by method, so that load from
+    other processes on the machine hits every method alike."""
     _malloc_mode(measure_memory=True)
     peaks = {name: max(_peak_mib(step, make_input) for _ in range(2))
              for name, step in methods.items()}
+    saved = {name: _saved_mib(step, make_input) for name, step in methods.items()}
     _malloc_mode(measure_memory=False)
     times = {name: [] for name in methods}
     for rep in range(reps + 1):  # the first round is a warm-up
@@ -96,7 +123,12 @@ def _measure(methods: dict, make_input, reps: int) -> dict:
             if rep:
                 times[name].append(time.perf_counter() - start)
             del z
-    return {name: (statistics.median(times[name]), peaks[name]) for name in methods}
+    return {name: (times[name], peaks[name], saved[name]) for name in methods}
+
+
+def _quartiles(values) -> tuple[float, float, float]:
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
 
 
 def _megatron_step(target, mask):
@@ -139,71 +171,98 @@ def _bench_rank(rank, world, grid, reps_small, reps_big):
         torch.set_num_threads(1)
         group = parallel_state.get_tensor_model_parallel_group() if tp == 2 else None
         tp_rank = rank if tp == 2 else 0
-        for vocab_name, token_counts in grid.items():
+        losses = {}
+        for vocab_name, tokens, dtype_name in grid:
             padded = 128 if vocab_name == "codon" else 4096  # megatron pads to 128 x TP
-            hxe, hxe_overwrite, vocab_size = _losses(vocab_name, padded)
+            if vocab_name not in losses:
+                losses[vocab_name] = _losses(vocab_name, padded)
+            hxe, hxe_overwrite, vocab_size = losses[vocab_name]
             width = padded // tp
-            for tokens in token_counts:
-                dist.barrier()
-                if not active:
-                    continue
-                g = torch.Generator().manual_seed(tokens)
-                full_target = torch.randint(0, vocab_size, (tokens,), generator=g)
-                mask = (torch.rand(tokens, generator=g) > 0.1).float()
-                base = torch.randn(tokens, width, generator=torch.Generator().manual_seed(
-                    tokens + 7919 * tp_rank)) * 3
-                fresh = lambda: base.clone().requires_grad_(True)  # noqa: E731
-                reps = reps_small if tokens * width <= (1 << 24) else reps_big
-                methods = {"hxe": _hxe_step(hxe, full_target, mask, group),
-                           "hxe_overwrite": _hxe_step(hxe_overwrite, full_target, mask, group),
-                           "megatron_ce": _megatron_step(full_target, mask)}
-                if tp == 1:
-                    methods["torch_ce"] = _xe_step(full_target, mask)
-                row = {"vocab": vocab_name, "padded_vocab": padded, "tp": tp,
-                       "tokens": tokens, "groups": hxe.num_groups + 1}
-                for name, (seconds, peak) in _measure(methods, fresh, reps).items():
-                    row[f"{name}_s"], row[f"{name}_peak_mib"] = seconds, peak
-                row["logits_mib"] = tokens * width * 4 / 2**20
-                row["tokens_x_groups_mib"] = tokens * row["groups"] * 4 / 2**20
-                rows.append(row)
+            dist.barrier()
+            if not active:
+                continue
+            dtype = getattr(torch, dtype_name)
+            g = torch.Generator().manual_seed(tokens)
+            full_target = torch.randint(0, vocab_size, (tokens,), generator=g)
+            mask = (torch.rand(tokens, generator=g) > 0.1).float()
+            base = (torch.randn(tokens, width, generator=torch.Generator().manual_seed(
+                tokens + 7919 * tp_rank)) * 3).to(dtype)
+            fresh = lambda: base.clone().requires_grad_(True)  # noqa: E731
+            reps = reps_small if tokens * width <= (1 << 22) else reps_big
+            methods = {"hxe": _hxe_step(hxe, full_target, mask, group),
+                       "hxe_overwrite": _hxe_step(hxe_overwrite, full_target, mask, group),
+                       "megatron_ce": _megatron_step(full_target, mask)}
+            if tp == 1:
+                methods["torch_ce"] = _xe_step(full_target, mask)
+            row = {"vocab": vocab_name, "padded_vocab": padded, "tp": tp, "tokens": tokens,
+                   "dtype": dtype_name, "groups": hxe.num_groups + 1, "reps": reps}
+            measured = _measure(methods, fresh, reps)
+            for name, (times, peak, saved) in measured.items():
+                row[f"{name}_s"] = statistics.median(times)
+                row[f"{name}_peak_mib"], row[f"{name}_saved_mib"] = peak, saved
+            reference = measured["megatron_ce"][0]
+            for name in ("hxe", "hxe_overwrite"):
+                paired = [a / b for a, b in zip(measured[name][0], reference)]
+                row[f"{name}_ratio_q1"], row[f"{name}_ratio"], row[f"{name}_ratio_q3"] = \
+                    _quartiles(paired)
+            row["logits_mib"] = tokens * width * base.element_size() / 2**20
+            row["logits_fp32_mib"] = tokens * width * 4 / 2**20
+            row["tokens_x_groups_mib"] = tokens * row["groups"] * 4 / 2**20
+            rows.append(row)
     return rows
 
 
 def _print_table(rows):
-    head = (f"{'vocab':>6} {'TP':>2} {'tokens':>7} | {'hxe ms':>8} {'hxe-ow':>8} {'mcore':>8} "
-            f"{'F.ce':>8} | {'t hxe/mc':>8} {'t ow/mc':>7} | {'MiB hxe':>8} {'hxe-ow':>8} "
-            f"{'mcore':>8} {'F.ce':>8} {'logits':>7} {'TxG':>6}")
+    head = (f"{'vocab':>5} {'dtype':>8} {'TP':>2} {'tokens':>7} | {'hxe ms':>7} {'hxe-ow':>7} "
+            f"{'mcore':>7} {'F.ce':>7} | {'hxe/mc (q1-q3)':>16} {'ow/mc (q1-q3)':>16} | "
+            f"{'peak MiB hxe':>12} {'ow':>6} {'mc':>6} | {'saved hxe':>9} {'ow':>6} {'mc':>6} | "
+            f"{'logits':>6} {'TxG':>5}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        ce = f"{r['torch_ce_s'] * 1e3:8.1f}" if "torch_ce_s" in r else f"{'-':>8}"
-        ce_mem = f"{r['torch_ce_peak_mib']:8.1f}" if "torch_ce_s" in r else f"{'-':>8}"
-        print(f"{r['vocab']:>6} {r['tp']:>2} {r['tokens']:>7} | {r['hxe_s'] * 1e3:8.1f} "
-              f"{r['hxe_overwrite_s'] * 1e3:8.1f} {r['megatron_ce_s'] * 1e3:8.1f} {ce} | "
-              f"{r['hxe_s'] / r['megatron_ce_s']:8.2f} "
-              f"{r['hxe_overwrite_s'] / r['megatron_ce_s']:7.2f} | "
-              f"{r['hxe_peak_mib']:8.1f} {r['hxe_overwrite_peak_mib']:8.1f} "
-              f"{r['megatron_ce_peak_mib']:8.1f} {ce_mem} {r['logits_mib']:7.1f} "
-              f"{r['tokens_x_groups_mib']:6.1f}")
+        ce = f"{r['torch_ce_s'] * 1e3:7.1f}" if "torch_ce_s" in r else f"{'-':>7}"
+        ratio = lambda k: (f"{r[k + '_ratio']:5.2f} ({r[k + '_ratio_q1']:4.2f}-"  # noqa: E731
+                           f"{r[k + '_ratio_q3']:4.2f})")
+        print(f"{r['vocab']:>5} {r['dtype']:>8} {r['tp']:>2} {r['tokens']:>7} | "
+              f"{r['hxe_s'] * 1e3:7.1f} {r['hxe_overwrite_s'] * 1e3:7.1f} "
+              f"{r['megatron_ce_s'] * 1e3:7.1f} {ce} | {ratio('hxe'):>16} "
+              f"{ratio('hxe_overwrite'):>16} | {r['hxe_peak_mib']:12.1f} "
+              f"{r['hxe_overwrite_peak_mib']:6.1f} {r['megatron_ce_peak_mib']:6.1f} | "
+              f"{r['hxe_saved_mib']:9.1f} {r['hxe_overwrite_saved_mib']:6.1f} "
+              f"{r['megatron_ce_saved_mib']:6.1f} | {r['logits_mib']:6.1f} "
+              f"{r['tokens_x_groups_mib']:5.1f}")
 
 
-def main(quick: bool = False):
-    grid = QUICK_GRID if quick else GRID
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="8k tokens only (a smoke run)")
+    parser.add_argument("--sixmer", action="store_true",
+                        help="add the 4,096-entry codon-pair vocabulary at 16k tokens")
+    parser.add_argument("--reps", type=int, default=9,
+                        help="timed repeats per row up to 4M logits (default 9)")
+    parser.add_argument("--reps-big", type=int, default=7,
+                        help="timed repeats per larger row (default 7)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON path ({RESULTS})")
+    args = parser.parse_args(argv)
+    grid = QUICK_GRID if args.quick else GRID + (SIXMER if args.sixmer else [])
     started = time.perf_counter()
-    rows = run_ranks(_bench_rank, 2, grid, 5, 3)[0]
+    rows = run_ranks(_bench_rank, 2, grid, args.reps, args.reps_big)[0]
     device = (f"CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()});"
               " no GPU is lent to this task, so NCCL and GPU timings are not measured")
-    print(f"device: {device}; torch {torch.__version__}; fp32 logits; hxe alpha 0.4 "
-          "normalised; times are median fwd+bwd; MiB = peak RSS growth per rank (rank 0)")
-    print("6-mer vocabulary capped at 64k tokens on CPU (256k x 4096 fp32 = 4 GiB a copy)")
+    print(f"device: {device}; torch {torch.__version__}; hxe alpha 0.4 normalised; loss math "
+          "fp32; times are median fwd+bwd; ratios: median (quartiles) of per-repeat "
+          "ratios to megatron-core; peak MiB = peak RSS growth (rank 0); saved = MiB held "
+          "for backward beyond the logits buffer")
     _print_table(rows)
-    write_results(RESULTS, {
+    write_results(args.out, {
         "device": device, "torch": torch.__version__, "python": platform.python_version(),
-        "config": {"loss": "hxe", "alpha": 0.4, "normalized": True, "dtype": "float32",
-                   "grid": grid, "threads_per_rank": 1,
-                   "memory": "peak RSS growth during fwd+bwd, rank 0, logits preallocated"},
+        "config": {"loss": "hxe", "alpha": 0.4, "normalized": True, "grid": grid,
+                   "threads_per_rank": 1, "reps": [args.reps, args.reps_big],
+                   "memory": "peak RSS growth during fwd+bwd, rank 0, logits preallocated; "
+                             "saved: storages autograd holds for backward, logits excluded"},
         "rows": rows, "wall_seconds": time.perf_counter() - started})
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    main()
