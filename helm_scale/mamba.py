@@ -1,0 +1,233 @@
+"""Mamba-1 language model over codons (``model.arch: mamba``), in plain PyTorch so that it
+trains on a CPU: HELM's second backbone (configs/mamba_clm.yaml, configs/mamba_mlm.yaml).
+
+  MambaLM(config)                 helm_scale.mixer_lm.MixerLM: forward -> logits, hidden_states
+      .decode(input_ids, state=None) -> (logits at the last position [b, V], MambaState)
+  linear_scan(a, b)               h_t = a_t * h_{t-1} + b_t along dim 1 (h_{-1} = 0), parallel
+
+Block (pre-norm, as HELM's with d_intermediate > 0): x += Mixer(LN(x)); x += GatedMLP(LN(x))
+with the MLP ffn_hidden_size wide. The mixer is Mamba-1's selective SSM: in-projection to
+2 x 2h (x and the gate z), causal depthwise conv (4 taps) and SiLU on x, input-dependent
+step dt (softplus of a rank-h/16 projection), B and C (STATE_SIZE each), the diagonal
+recurrence h_t = exp(dt A) h_{t-1} + dt B_t x_t, y = C_t h_t + D x_t, gated by SiLU(z).
+
+Causal (CLM): one stack. Bidirectional (MLM): as HELM, each layer has a block over the
+sequence and one over its reverse, their outputs fused by a linear layer (2h -> h). The
+reverse runs within each row's length, so right padding stays behind the real tokens in
+both directions and never reaches them.
+
+The recurrence is evaluated for all positions at once by linear_scan (an odd/even parallel
+scan: log2(s) levels of tensor ops, no loop over positions). It is a custom autograd
+function because its adjoint is the same recurrence run backwards: that keeps two
+[b, s, 2h, STATE_SIZE] tensors per layer for the backward instead of every level's. The
+mamba-ssm CUDA kernels fuse the same computation; they are not used (no CPU, no wheels).
+decode() runs the recurrence one token at a time with a constant-size state per layer
+(conv window and SSM state): generation costs one position per token, not the prefix.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helm_scale.mixer_lm import MixerLM, residual_scale_, wide
+from helm_scale.model_config import DTYPES, ModelConfig
+
+STATE_SIZE = 16   # N, Mamba's default d_state
+EXPAND = 2        # inner width = EXPAND * hidden_size
+CONV_TAPS = 4     # d_conv
+DT_RANGE = (1e-3, 1e-1)  # initial steps, log-uniform (Mamba's dt_min, dt_max)
+
+
+def _scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t h_{t-1} + b_t along dim 1. Pairs of steps compose into one step
+    (a1 a0, a1 b0 + b1): scan the odd positions at half length, then fill in the even ones."""
+    length = a.shape[1]
+    if length == 1:
+        return b.clone()
+    if length % 2:  # an identity step at the end (a = 1, b = 0) evens the length
+        a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
+        b = torch.cat([b, torch.zeros_like(b[:, :1])], dim=1)
+    a0, a1, b0, b1 = a[:, 0::2], a[:, 1::2], b[:, 0::2], b[:, 1::2]
+    h_odd = _scan(a1 * a0, a1 * b0 + b1)
+    h_even = b0.clone()
+    h_even[:, 1:] += a0[:, 1:] * h_odd[:, :-1]
+    return torch.stack((h_even, h_odd), dim=2).flatten(1, 2)[:, :length]
+
+
+class _LinearScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        h = _scan(a, b)
+        ctx.save_for_backward(a, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, h = ctx.saved_tensors
+        # dL/dh_t (through every later step) g_t = grad_t + a_{t+1} g_{t+1}: the scan reversed.
+        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
+        g = _scan(a_next.flip(1), grad.flip(1)).flip(1)
+        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+        return g * h_prev, g
+
+
+def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """All states of h_t = a_t * h_{t-1} + b_t (elementwise, along dim 1, h_{-1} = 0)."""
+    return _LinearScan.apply(a, b)
+
+
+class MambaMixer(nn.Module):
+    def __init__(self, h: int, dtype: torch.dtype):
+        super().__init__()
+        d, self.dt_rank = EXPAND * h, math.ceil(h / 16)
+        self.in_proj = nn.Linear(h, 2 * d, bias=False, dtype=dtype)
+        self.conv = nn.Conv1d(d, d, CONV_TAPS, groups=d, padding=CONV_TAPS - 1, dtype=dtype)
+        self.x_proj = nn.Linear(d, self.dt_rank + 2 * STATE_SIZE, bias=False, dtype=dtype)
+        self.dt_proj = nn.Linear(self.dt_rank, d, dtype=dtype)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, STATE_SIZE + 1, dtype=torch.float32)).repeat(d, 1).to(dtype))
+        self.D = nn.Parameter(torch.ones(d, dtype=dtype))
+        self.out_proj = nn.Linear(d, h, bias=False, dtype=dtype)
+        with torch.no_grad():  # Mamba's init: steps log-uniform in DT_RANGE through softplus
+            nn.init.uniform_(self.dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+            lo, hi = math.log(DT_RANGE[0]), math.log(DT_RANGE[1])
+            dt = torch.exp(torch.rand(d) * (hi - lo) + lo).clamp(min=1e-4)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+
+    def _ssm_terms(self, x: torch.Tensor):
+        """Decays a = exp(dt A), inputs dt B x [b, s, d, N] and C [b, s, N], in fp32."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, STATE_SIZE, STATE_SIZE], dim=-1)
+        dt = F.softplus(wide(self.dt_proj(dt)))
+        a = torch.exp(dt[..., None] * -torch.exp(wide(self.A_log)))
+        return a, (dt * wide(x))[..., None] * wide(B)[:, :, None, :], wide(C)
+
+    def forward(self, u: torch.Tensor, state=None):
+        """u [b, s, h] -> (y [b, s, h], state after the last position). With ``state`` (from
+        a previous call) the positions continue from it one at a time (decoding)."""
+        s = u.shape[1]
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        if state is None:
+            xc = F.silu(self.conv(x.transpose(1, 2))[..., :s].transpose(1, 2))
+            a, bx, C = self._ssm_terms(xc)
+            h = linear_scan(a, bx)
+            y = torch.einsum("bsdn,bsn->bsd", h, C)
+            window = F.pad(x, (0, 0, max(CONV_TAPS - 1 - s, 0), 0))[:, -(CONV_TAPS - 1):]
+            state = (window, h[:, -1])
+        else:
+            ys, xcs = [], []
+            window, h_last = state
+            for t in range(s):  # decoding: typically s == 1
+                window = torch.cat([window, x[:, t:t + 1]], dim=1)  # [b, taps, d]
+                xc = F.silu(torch.einsum("bkd,dk->bd", window, self.conv.weight[:, 0]) + self.conv.bias)
+                a, bx, C = self._ssm_terms(xc[:, None])
+                h_last = a[:, 0] * h_last + bx[:, 0]
+                ys.append(torch.einsum("bdn,bn->bd", h_last, C[:, 0]))
+                xcs.append(xc)
+                window = window[:, 1:]
+            y, xc, state = torch.stack(ys, 1), torch.stack(xcs, 1), (window, h_last)
+        y = (y + wide(xc) * wide(self.D)).to(u.dtype) * F.silu(z)
+        return self.out_proj(y), state
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU, as mamba-ssm's GatedMLP: fc2(a * silu(g)) with [a, g] = fc1(x)."""
+
+    def __init__(self, h: int, f: int, dtype: torch.dtype):
+        super().__init__()
+        self.fc1 = nn.Linear(h, 2 * f, bias=False, dtype=dtype)
+        self.fc2 = nn.Linear(f, h, bias=False, dtype=dtype)
+
+    def forward(self, x):
+        a, g = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(a * F.silu(g))
+
+
+class MambaBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h, dtype = cfg.hidden_size, DTYPES[cfg.params_dtype]
+        self.dropout = cfg.dropout
+        self.norm1 = nn.LayerNorm(h, eps=cfg.layernorm_eps, dtype=dtype)
+        self.mixer = MambaMixer(h, dtype)
+        self.norm2 = nn.LayerNorm(h, eps=cfg.layernorm_eps, dtype=dtype)
+        self.mlp = GatedMLP(h, cfg.ffn_hidden_size, dtype)
+        residual_scale_(self.mixer.out_proj, cfg.num_layers)
+        residual_scale_(self.mlp.fc2, cfg.num_layers)
+
+    def decode(self, x, state=None):
+        y, state = self.mixer(self.norm1(x), state)
+        x = x + F.dropout(y, self.dropout, self.training)
+        return x + F.dropout(self.mlp(self.norm2(x)), self.dropout, self.training), state
+
+    def forward(self, x, keep=None):
+        return self.decode(x)[0]
+
+
+def reverse_rows(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Each row's real tokens in reverse order, its right padding left where it is
+    (its own inverse). keep: [b, s] bool, True on a prefix of each row; None: no padding."""
+    if keep is None:
+        return x.flip(1)
+    s = x.shape[1]
+    t = torch.arange(s, device=x.device)
+    lengths = keep.sum(dim=1, keepdim=True)
+    index = torch.where(t < lengths, lengths - 1 - t, t)
+    return x.gather(1, index[..., None].expand_as(x))
+
+
+class BidirectionalMambaLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h, dtype = cfg.hidden_size, DTYPES[cfg.params_dtype]
+        self.forward_block, self.backward_block = MambaBlock(cfg), MambaBlock(cfg)
+        self.fuse = nn.Linear(2 * h, h, dtype=dtype)
+        with torch.no_grad():  # starts as the mean of both directions: depth keeps the stream's scale
+            eye = torch.eye(h, dtype=dtype)
+            self.fuse.weight.copy_(0.5 * torch.cat([eye, eye], dim=1))
+            self.fuse.bias.zero_()
+
+    def forward(self, x, keep=None):
+        ahead = self.forward_block(x)
+        behind = reverse_rows(self.backward_block(reverse_rows(x, keep)), keep)
+        return self.fuse(torch.cat([ahead, behind], dim=-1))
+
+
+@dataclass
+class MambaState:
+    """What decoding carries: the next position and each layer's (conv window, SSM state)."""
+
+    position: int
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def rows(self, keep: torch.Tensor) -> MambaState:
+        return MambaState(self.position, [(w[keep], h[keep]) for w, h in self.layers])
+
+
+class MambaLM(MixerLM):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config, "mamba")
+        layer = MambaBlock if self.causal else BidirectionalMambaLayer
+        self.layers.extend(layer(config) for _ in range(config.num_layers))
+
+    def sequence_flops(self, seq_len: int) -> float:
+        # Per token, layer and state entry: exp, dt*A, dt*B*x (3), the update (2), C.h (2);
+        # forward and backward (~2x) as 3x. Bidirectional layers run two blocks.
+        blocks = self.config.num_layers * (1 if self.causal else 2)
+        return 3.0 * 9 * blocks * EXPAND * self.config.hidden_size * STATE_SIZE
+
+    @torch.no_grad()
+    def decode(self, input_ids: torch.Tensor, state: MambaState | None = None):
+        """Logits after the last of ``input_ids`` [b, s] and the state to continue from.
+        state None: the ids are a prompt from position 0 (the scan over all of them at once)."""
+        if not self.causal:
+            raise ValueError("decoding needs a causal (CLM) Mamba; this one is bidirectional")
+        start = 0 if state is None else state.position
+        x = self.embed(input_ids, start=start)
+        layers = []
+        for i, block in enumerate(self.layers):
+            x, layer_state = block.decode(x, None if state is None else state.layers[i])
+            layers.append(layer_state)
+        return self.logits(self.final_norm(x[:, -1])), MambaState(start + input_ids.shape[1], layers)
