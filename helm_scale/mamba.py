@@ -113,7 +113,8 @@ class MambaMixer(nn.Module):
             xc = F.silu(self.conv(x.transpose(1, 2))[..., :s].transpose(1, 2))
             a, bx, C = self._ssm_terms(xc)
             h = linear_scan(a, bx)
-            y = torch.einsum("bsdn,bsn->bsd", h, C)
+            with torch.autocast(u.device.type, enabled=False):  # bf16 autocast would round h
+                y = torch.einsum("bsdn,bsn->bsd", h, C)
             window = F.pad(x, (0, 0, max(CONV_TAPS - 1 - s, 0), 0))[:, -(CONV_TAPS - 1):]
             state = (window, h[:, -1])
         else:
@@ -124,7 +125,7 @@ class MambaMixer(nn.Module):
                 xc = F.silu(torch.einsum("bkd,dk->bd", window, self.conv.weight[:, 0]) + self.conv.bias)
                 a, bx, C = self._ssm_terms(xc[:, None])
                 h_last = a[:, 0] * h_last + bx[:, 0]
-                ys.append(torch.einsum("bdn,bn->bd", h_last, C[:, 0]))
+                ys.append((h_last * C[:, 0, None, :]).sum(-1))
                 xcs.append(xc)
                 window = window[:, 1:]
             y, xc, state = torch.stack(ys, 1), torch.stack(xcs, 1), (window, h_last)
