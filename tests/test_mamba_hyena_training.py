@@ -23,7 +23,7 @@ SMALL = ["model.num_layers=2", "model.hidden_size=32", "model.ffn_hidden_size=64
          "data.seq_len=64", "data.micro_batch_size=4", "data.num_workers=0"]
 MLM = ["data.objective=mlm", "model.attention=bidirectional"]
 RUNS = [  # (objective, loss, backend): every loss, both objectives, DDP and each ZeRO stage
-    (["loss.name=xe"], ["parallel.backend=ddp"]),
+    (["loss.name=xe"], ["parallel.backend=ddp", "parallel.activation_checkpointing=true"]),
     (["loss.name=hxe", *MLM], ["parallel.backend=deepspeed", "parallel.zero_stage=1"]),
     (["loss.name=soft"], ["parallel.backend=deepspeed", "parallel.zero_stage=2"]),
     (["loss.name=aa", *MLM], ["parallel.backend=ddp"]),
