@@ -3,7 +3,8 @@ trains on a CPU: HELM's second backbone (configs/mamba_clm.yaml, configs/mamba_m
 
   MambaLM(config)                 helm_scale.mixer_lm.MixerLM: forward -> logits, hidden_states
       .decode(input_ids, state=None) -> (logits at the last position [b, V], MambaState)
-  linear_scan(a, b)               h_t = a_t * h_{t-1} + b_t along dim 1 (h_{-1} = 0), parallel
+  selective_scan(x, dt, A, B, C)  the SSM over all positions at once -> (y, last state)
+  linear_scan(a, b)               h_t = a_t * h_{t-1} + b_t along dim 1 (h_{-1} = 0), chunked
 
 Block (pre-norm, as HELM's with d_intermediate > 0): x += Mixer(LN(x)); x += GatedMLP(LN(x))
 with the MLP ffn_hidden_size wide. The mixer is Mamba-1's selective SSM: in-projection to
@@ -16,11 +17,12 @@ sequence and one over its reverse, their outputs fused by a linear layer (2h -> 
 reverse runs within each row's length, so right padding stays behind the real tokens in
 both directions and never reaches them.
 
-The recurrence is evaluated for all positions at once by linear_scan (an odd/even parallel
-scan: log2(s) levels of tensor ops, no loop over positions). It is a custom autograd
-function because its adjoint is the same recurrence run backwards: that keeps two
-[b, s, 2h, STATE_SIZE] tensors per layer for the backward instead of every level's. The
-mamba-ssm CUDA kernels fuse the same computation; they are not used (no CPU, no wheels).
+The recurrence is evaluated for all positions at once by linear_scan, a chunked scan
+(about 2 sqrt(s) tensor ops, no loop over positions), inside selective_scan, an autograd
+function written by hand: its backward recomputes the states and runs the same scan in
+reverse, so a layer keeps [b, s, 2h] tensors for the backward, not [b, s, 2h, STATE_SIZE]
+ones. The mamba-ssm CUDA kernels fuse the same computation; they are not used (no CPU
+path, no wheels).
 decode() runs the recurrence one token at a time with a constant-size state per layer
 (conv window and SSM state): generation costs one position per token, not the prefix.
 """
@@ -42,42 +44,77 @@ CONV_TAPS = 4     # d_conv
 DT_RANGE = (1e-3, 1e-1)  # initial steps, log-uniform (Mamba's dt_min, dt_max)
 
 
-def _scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """h_t = a_t h_{t-1} + b_t along dim 1. Pairs of steps compose into one step
-    (a1 a0, a1 b0 + b1): scan the odd positions at half length, then fill in the even ones."""
-    length = a.shape[1]
-    if length == 1:
-        return b.clone()
-    if length % 2:  # an identity step at the end (a = 1, b = 0) evens the length
-        a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
-        b = torch.cat([b, torch.zeros_like(b[:, :1])], dim=1)
-    a0, a1, b0, b1 = a[:, 0::2], a[:, 1::2], b[:, 0::2], b[:, 1::2]
-    h_odd = _scan(a1 * a0, a1 * b0 + b1)
-    h_even = b0.clone()
-    h_even[:, 1:] += a0[:, 1:] * h_odd[:, :-1]
-    return torch.stack((h_even, h_odd), dim=2).flatten(1, 2)[:, :length]
-
-
-class _LinearScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, b):
-        h = _scan(a, b)
-        ctx.save_for_backward(a, h)
-        return h
-
-    @staticmethod
-    def backward(ctx, grad):
-        a, h = ctx.saved_tensors
-        # dL/dh_t (through every later step) g_t = grad_t + a_{t+1} g_{t+1}: the scan reversed.
-        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
-        g = _scan(a_next.flip(1), grad.flip(1)).flip(1)
-        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
-        return g * h_prev, g
-
-
 def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """All states of h_t = a_t * h_{t-1} + b_t (elementwise, along dim 1, h_{-1} = 0)."""
-    return _LinearScan.apply(a, b)
+    """All states of h_t = a_t * h_{t-1} + b_t (elementwise, along dim 1, h_{-1} = 0).
+
+    Chunked: the sequence is cut into ~sqrt(s) chunks of ~sqrt(s) steps; one pass runs the
+    recurrence inside every chunk at once (from a zero state, keeping the running product
+    of a), a second carries each chunk's last state into the next (state += product x
+    carry). About 2 sqrt(s) tensor ops over [b, s / chunk, ...] slices instead of s over
+    [b, ...] ones, O(s) work, and only products of decays in [0, 1]: no log-space overflow."""
+    length = a.shape[1]
+    chunk = max(1, math.isqrt(length))
+    chunks = -(-length // chunk)
+    pad = chunks * chunk - length
+    if pad:  # identity steps (a = 1, b = 0) fill the last chunk
+        a = torch.cat([a, a.new_ones(a.shape[0], pad, *a.shape[2:])], dim=1)
+        b = torch.cat([b, b.new_zeros(b.shape[0], pad, *b.shape[2:])], dim=1)
+    a = a.reshape(a.shape[0], chunks, chunk, *a.shape[2:])
+    h = b.reshape(a.shape).clone()
+    decay = a.clone()  # running product of a inside each chunk
+    for t in range(1, chunk):
+        h[:, :, t].addcmul_(a[:, :, t], h[:, :, t - 1])
+        decay[:, :, t].mul_(decay[:, :, t - 1])
+    for c in range(1, chunks):
+        h[:, c].addcmul_(decay[:, c], h[:, c - 1, -1].unsqueeze(1))
+    return h.flatten(1, 2)[:, :length]
+
+
+def _ssm_states(x, dt, A, B):
+    """Decays a = exp(dt A) and all states h [b, s, d, N] of the selective recurrence."""
+    a = torch.exp(dt[..., None] * A)
+    return a, linear_scan(a, (dt * x)[..., None] * B[:, :, None, :])
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """y_t = C_t . h_t with h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t, and the last state.
+
+    By hand rather than through autograd: autograd would keep several [b, s, d, N]
+    tensors per layer for the backward; this keeps only the inputs ([b, s, d] and
+    [b, s, N]) and recomputes the states in backward (as mamba-ssm's kernel does). The
+    adjoint is the same recurrence run backwards: g_t = dL/dh_t + a_{t+1} g_{t+1}."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C):
+        with torch.autocast(x.device.type, enabled=False):
+            _, h = _ssm_states(x, dt, A, B)
+            y = torch.einsum("bsdn,bsn->bsd", h, C)
+        ctx.save_for_backward(x, dt, A, B, C)
+        last = h[:, -1].clone()
+        ctx.mark_non_differentiable(last)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_last):
+        x, dt, A, B, C = ctx.saved_tensors
+        with torch.autocast(x.device.type, enabled=False):
+            a, h = _ssm_states(x, dt, A, B)
+            grad_C = torch.einsum("bsd,bsdn->bsn", grad_y, h)
+            a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
+            g = linear_scan(a_next.flip(1), (grad_y[..., None] * C[:, :, None, :]).flip(1)).flip(1)
+            h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+            grad_dtA = g * h_prev * a  # through a = exp(dt A)
+            grad_u = torch.einsum("bsdn,bsn->bsd", g, B)  # u = dt x
+            grad_B = torch.einsum("bsdn,bsd->bsn", g, dt * x)
+            grad_dt = torch.einsum("bsdn,dn->bsd", grad_dtA, A) + grad_u * x
+            grad_A = torch.einsum("bsdn,bsd->dn", grad_dtA, dt)
+        return grad_u * dt, grad_dt, grad_A, grad_B, grad_C
+
+
+def selective_scan(x, dt, A, B, C) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-1's selective SSM without the D skip: x, dt [b, s, d]; A [d, N]; B, C [b, s, N]
+    -> (y [b, s, d], the state after the last position [b, d, N])."""
+    return _SelectiveScan.apply(x, dt, A, B, C)
 
 
 class MambaMixer(nn.Module):
@@ -97,12 +134,10 @@ class MambaMixer(nn.Module):
             dt = torch.exp(torch.rand(d) * (hi - lo) + lo).clamp(min=1e-4)
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
 
-    def _ssm_terms(self, x: torch.Tensor):
-        """Decays a = exp(dt A), inputs dt B x [b, s, d, N] and C [b, s, N], in fp32."""
+    def _ssm_inputs(self, x: torch.Tensor):
+        """x, dt [b, s, d], A [d, N], B and C [b, s, N], in fp32 (at least)."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, STATE_SIZE, STATE_SIZE], dim=-1)
-        dt = F.softplus(wide(self.dt_proj(dt)))
-        a = torch.exp(dt[..., None] * -torch.exp(wide(self.A_log)))
-        return a, (dt * wide(x))[..., None] * wide(B)[:, :, None, :], wide(C)
+        return wide(x), F.softplus(wide(self.dt_proj(dt))), -torch.exp(wide(self.A_log)), wide(B), wide(C)
 
     def forward(self, u: torch.Tensor, state=None):
         """u [b, s, h] -> (y [b, s, h], state after the last position). With ``state`` (from
@@ -111,21 +146,18 @@ class MambaMixer(nn.Module):
         x, z = self.in_proj(u).chunk(2, dim=-1)
         if state is None:
             xc = F.silu(self.conv(x.transpose(1, 2))[..., :s].transpose(1, 2))
-            a, bx, C = self._ssm_terms(xc)
-            h = linear_scan(a, bx)
-            with torch.autocast(u.device.type, enabled=False):  # bf16 autocast would round h
-                y = torch.einsum("bsdn,bsn->bsd", h, C)
+            y, last = selective_scan(*self._ssm_inputs(xc))
             window = F.pad(x, (0, 0, max(CONV_TAPS - 1 - s, 0), 0))[:, -(CONV_TAPS - 1):]
-            state = (window, h[:, -1])
+            state = (window, last)
         else:
             ys, xcs = [], []
             window, h_last = state
             for t in range(s):  # decoding: typically s == 1
                 window = torch.cat([window, x[:, t:t + 1]], dim=1)  # [b, taps, d]
                 xc = F.silu(torch.einsum("bkd,dk->bd", window, self.conv.weight[:, 0]) + self.conv.bias)
-                a, bx, C = self._ssm_terms(xc[:, None])
-                h_last = a[:, 0] * h_last + bx[:, 0]
-                ys.append((h_last * C[:, 0, None, :]).sum(-1))
+                x1, dt, A, B, C = (v.squeeze(1) for v in self._ssm_inputs(xc[:, None]))
+                h_last = torch.exp(dt[..., None] * A) * h_last + (dt * x1)[..., None] * B[:, None, :]
+                ys.append((h_last * C[:, None, :]).sum(-1))
                 xcs.append(xc)
                 window = window[:, 1:]
             y, xc, state = torch.stack(ys, 1), torch.stack(xcs, 1), (window, h_last)

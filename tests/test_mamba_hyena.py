@@ -11,10 +11,10 @@ from helm_scale.evaluate import generate, sequence_nll
 from helm_scale.evaluate.decoding import decoder_for
 from helm_scale.evaluate.scoring import embed
 from helm_scale.hyena import HyenaLM, long_conv
-from helm_scale.mamba import MambaLM, linear_scan
+from helm_scale.mamba import MambaLM, linear_scan, selective_scan
 from helm_scale.model_config import ModelConfig
 from helm_scale.plain_model import build_plain_model
-from tests.eval_utils import load_exported, tiny_export
+from tests.eval_utils import load_exported, one_torch_thread, tiny_export  # noqa: F401 (autouse fixture)
 
 SMALL = {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "ffn_hidden_size": 48, "max_seq_len": 64}
 
@@ -30,7 +30,7 @@ def _model(cfg: ModelConfig, seed: int = 0):
 
 
 # ------------------------------------------------------------------- the two primitives
-@pytest.mark.parametrize("length", [1, 2, 7, 64, 333])
+@pytest.mark.parametrize("length", [1, 2, 7, 64, 333, 444])
 def test_parallel_scan_equals_the_sequential_recurrence_in_float64(length):
     gen = torch.Generator().manual_seed(length)
     a = torch.rand(3, length, 5, 4, generator=gen, dtype=torch.float64)
@@ -42,11 +42,38 @@ def test_parallel_scan_equals_the_sequential_recurrence_in_float64(length):
     assert torch.allclose(linear_scan(a, b), torch.stack(expected, 1), rtol=0, atol=1e-10)
 
 
-def test_parallel_scan_gradient_is_the_recurrences():
-    gen = torch.Generator().manual_seed(1)
-    a = torch.rand(2, 13, 3, generator=gen, dtype=torch.float64).requires_grad_()
-    b = torch.randn(2, 13, 3, generator=gen, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(linear_scan, (a, b))
+def _naive_selective_scan(x, dt, A, B, C):
+    h, ys = torch.zeros(x.shape[0], *A.shape, dtype=x.dtype), []
+    for t in range(x.shape[1]):
+        h = torch.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[..., None] * B[:, t, None, :]
+        ys.append((h * C[:, t, None, :]).sum(-1))
+    return torch.stack(ys, 1), h
+
+
+def _ssm_inputs(length, seed, d=5, n=3):
+    gen = torch.Generator().manual_seed(seed)
+    x, B, C = (torch.randn(2, length, k, generator=gen, dtype=torch.float64) for k in (d, n, n))
+    dt = torch.rand(2, length, d, generator=gen, dtype=torch.float64) * 0.5
+    A = -torch.rand(d, n, generator=gen, dtype=torch.float64) * 2
+    return x, dt, A, B, C
+
+
+@pytest.mark.parametrize("length", [1, 3, 50])
+def test_selective_scan_equals_the_sequential_recurrence_and_its_gradient_is_exact(length):
+    inputs = _ssm_inputs(length, length)
+    y, last = selective_scan(*inputs)
+    want_y, want_last = _naive_selective_scan(*inputs)
+    assert torch.allclose(y, want_y, rtol=0, atol=1e-10) and torch.allclose(last, want_last, rtol=0, atol=1e-10)
+    # The hand-written backward against finite differences (float64) ...
+    leaves = [t.clone().requires_grad_() for t in _ssm_inputs(min(length, 9), 7)]
+    assert torch.autograd.gradcheck(lambda *t: selective_scan(*t)[0], leaves)
+    # ... and against autograd through the naive loop.
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    weight = torch.randn(y.shape, dtype=torch.float64)
+    mine = torch.autograd.grad((selective_scan(*leaves)[0] * weight).sum(), leaves)
+    naive = torch.autograd.grad((_naive_selective_scan(*leaves)[0] * weight).sum(), leaves)
+    for m, n in zip(mine, naive):
+        assert torch.allclose(m, n, rtol=0, atol=1e-10)
 
 
 def _direct_conv(v, k, causal):
