@@ -44,8 +44,9 @@ CONV_TAPS = 4     # d_conv
 DT_RANGE = (1e-3, 1e-1)  # initial steps, log-uniform (Mamba's dt_min, dt_max)
 
 
-def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """All states of h_t = a_t * h_{t-1} + b_t (elementwise, along dim 1, h_{-1} = 0).
+def linear_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """All states of h_t = a_t * h_{t-1} + b_t (elementwise, along dim 1, h_{-1} = 0);
+    reverse: h_t = a_t * h_{t+1} + b_t from the end (h_s = 0), without flipped copies.
 
     Chunked: the sequence is cut into ~sqrt(s) chunks of ~sqrt(s) steps; one pass runs the
     recurrence inside every chunk at once (from a zero state, keeping the running product
@@ -56,18 +57,23 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     chunk = max(1, math.isqrt(length))
     chunks = -(-length // chunk)
     pad = chunks * chunk - length
-    if pad:  # identity steps (a = 1, b = 0) fill the last chunk
-        a = torch.cat([a, a.new_ones(a.shape[0], pad, *a.shape[2:])], dim=1)
-        b = torch.cat([b, b.new_zeros(b.shape[0], pad, *b.shape[2:])], dim=1)
+    if pad:  # identity steps (a = 1, b = 0) fill the last chunk (the first, in reverse)
+        ones, zeros = a.new_ones(a.shape[0], pad, *a.shape[2:]), b.new_zeros(b.shape[0], pad, *b.shape[2:])
+        a = torch.cat([ones, a] if reverse else [a, ones], dim=1)
+        b = torch.cat([zeros, b] if reverse else [b, zeros], dim=1)
     a = a.reshape(a.shape[0], chunks, chunk, *a.shape[2:])
     h = b.reshape(a.shape).clone()
     decay = a.clone()  # running product of a inside each chunk
-    for t in range(1, chunk):
-        h[:, :, t].addcmul_(a[:, :, t], h[:, :, t - 1])
-        decay[:, :, t].mul_(decay[:, :, t - 1])
-    for c in range(1, chunks):
-        h[:, c].addcmul_(decay[:, c], h[:, c - 1, -1].unsqueeze(1))
-    return h.flatten(1, 2)[:, :length]
+    steps, edge = (range(chunk - 2, -1, -1), 0) if reverse else (range(1, chunk), -1)
+    for t in steps:
+        before = t + 1 if reverse else t - 1
+        h[:, :, t].addcmul_(a[:, :, t], h[:, :, before])
+        decay[:, :, t].mul_(decay[:, :, before])
+    for c in (range(chunks - 2, -1, -1) if reverse else range(1, chunks)):
+        before = c + 1 if reverse else c - 1
+        h[:, c].addcmul_(decay[:, c], h[:, before, edge].unsqueeze(1))
+    h = h.flatten(1, 2)
+    return h[:, pad:] if reverse else h[:, :length]
 
 
 def _ssm_states(x, dt, A, B):
@@ -101,9 +107,11 @@ class _SelectiveScan(torch.autograd.Function):
             a, h = _ssm_states(x, dt, A, B)
             grad_C = torch.einsum("bsd,bsdn->bsn", grad_y, h)
             a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
-            g = linear_scan(a_next.flip(1), (grad_y[..., None] * C[:, :, None, :]).flip(1)).flip(1)
-            h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
-            grad_dtA = g * h_prev * a  # through a = exp(dt A)
+            g = linear_scan(a_next, grad_y[..., None] * C[:, :, None, :], reverse=True)
+            del a_next
+            grad_dtA = g * a  # through a = exp(dt A): times h_{t-1}, which is 0 at t = 0
+            grad_dtA[:, 1:] *= h[:, :-1]
+            grad_dtA[:, 0] = 0
             grad_u = torch.einsum("bsdn,bsn->bsd", g, B)  # u = dt x
             grad_B = torch.einsum("bsdn,bsd->bsn", g, dt * x)
             grad_dt = torch.einsum("bsdn,dn->bsd", grad_dtA, A) + grad_u * x

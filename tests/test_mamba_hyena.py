@@ -40,6 +40,11 @@ def test_parallel_scan_equals_the_sequential_recurrence_in_float64(length):
         h = a[:, t] * h + b[:, t]
         expected.append(h)
     assert torch.allclose(linear_scan(a, b), torch.stack(expected, 1), rtol=0, atol=1e-10)
+    h, expected = torch.zeros(3, 5, 4, dtype=torch.float64), []
+    for t in reversed(range(length)):
+        h = a[:, t] * h + b[:, t]
+        expected.insert(0, h)
+    assert torch.allclose(linear_scan(a, b, reverse=True), torch.stack(expected, 1), rtol=0, atol=1e-10)
 
 
 def _naive_selective_scan(x, dt, A, B, C):
