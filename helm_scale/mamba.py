@@ -133,7 +133,8 @@ class MambaMixer(nn.Module):
         self.conv = nn.Conv1d(d, d, CONV_TAPS, groups=d, padding=CONV_TAPS - 1, dtype=dtype)
         self.x_proj = nn.Linear(d, self.dt_rank + 2 * STATE_SIZE, bias=False, dtype=dtype)
         self.dt_proj = nn.Linear(self.dt_rank, d, dtype=dtype)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, STATE_SIZE + 1, dtype=torch.float32)).repeat(d, 1).to(dtype))
+        # A = -exp(A_log) = -(1, 2, ..., N) in every channel (S4D-real), learned in log space
+        self.A_log = nn.Parameter(torch.arange(1, STATE_SIZE + 1, dtype=torch.float32).log().repeat(d, 1).to(dtype))
         self.D = nn.Parameter(torch.ones(d, dtype=dtype))
         self.out_proj = nn.Linear(d, h, bias=False, dtype=dtype)
         with torch.no_grad():  # Mamba's init: steps log-uniform in DT_RANGE through softplus

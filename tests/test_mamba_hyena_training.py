@@ -12,6 +12,7 @@ import pytest
 from helm_scale.cli import main
 from tests.dist_utils import run_ranks
 from tests.eval_utils import load_exported
+from tests.test_trainer import _train
 from tests.torchrun_utils import TINY, interrupt_at, losses, run
 from tests.train_fixtures import synthetic_dataset  # noqa: F401 (fixture)
 
@@ -32,28 +33,12 @@ RUNS = [  # (objective, loss, backend): every loss, both objectives, DDP and eac
 ]
 
 
-def _train(rank, world_size, dataset, run_dir, arch):
-    import warnings
-    warnings.filterwarnings("ignore")
-    from helm_scale.train_config import load_train_config
-    from helm_scale.trainer import Trainer
-    results = []
-    for i, (loss, backend) in enumerate(RUNS):
-        cfg = load_train_config(TINY, [f"data.dataset_dir={dataset}", f"run.run_dir={run_dir}/{i}", *ARCH[arch],
-                                       *SMALL, *loss, *backend, "schedule.max_steps=8", "schedule.warmup_steps=2",
-                                       "run.log_interval=4", "run.eval_interval=0", "run.eval_batches=2",
-                                       "data.eval_split=val"])
-        cfg.check(world_size)
-        trainer = Trainer(cfg)
-        before = trainer.evaluate()
-        summary = trainer.fit()
-        results.append({"before": before, "after": summary["eval"], "train": summary["train"]})
-    return results
-
-
 @pytest.mark.parametrize("arch", ["mamba", "hyena"])
 def test_every_loss_and_backend_trains(arch, synthetic_dataset, tmp_path):
-    results = run_ranks(_train, 2, synthetic_dataset, str(tmp_path), arch)
+    short = ["schedule.max_steps=8", "schedule.warmup_steps=2", "run.log_interval=4", "run.eval_interval=0",
+             "run.eval_batches=2", "data.eval_split=val"]
+    runs = [[*ARCH[arch], *SMALL, *loss, *backend, *short] for loss, backend in RUNS]
+    results = run_ranks(_train, 2, synthetic_dataset, str(tmp_path), runs)
     for (loss, backend), res in zip(RUNS, results[0]):
         assert math.isfinite(res["train"]["loss"]) and res["after"]["loss"] < res["before"]["loss"], (loss, backend)
     for a, b in zip(*results):  # both ranks report the same reduced metrics
