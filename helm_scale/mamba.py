@@ -133,8 +133,10 @@ class MambaMixer(nn.Module):
         self.conv = nn.Conv1d(d, d, CONV_TAPS, groups=d, padding=CONV_TAPS - 1, dtype=dtype)
         self.x_proj = nn.Linear(d, self.dt_rank + 2 * STATE_SIZE, bias=False, dtype=dtype)
         self.dt_proj = nn.Linear(self.dt_rank, d, dtype=dtype)
-        # A = -exp(A_log) = -(1, 2, ..., N) in every channel (S4D-real), learned in log space
-        self.A_log = nn.Parameter(torch.arange(1, STATE_SIZE + 1, dtype=torch.float32).log().repeat(d, 1).to(dtype))
+        # A = -exp(A_log) = -(1, 2, ..., N) in every channel (S4D-real), learned in log space.
+        # Flat [d * N]: 1-D parameters get no weight decay (build_param_groups), as in Mamba,
+        # where decay would pull every A towards -1.
+        self.A_log = nn.Parameter(torch.arange(1, STATE_SIZE + 1, dtype=torch.float32).log().repeat(d).to(dtype))
         self.D = nn.Parameter(torch.ones(d, dtype=dtype))
         self.out_proj = nn.Linear(d, h, bias=False, dtype=dtype)
         with torch.no_grad():  # Mamba's init: steps log-uniform in DT_RANGE through softplus
@@ -146,7 +148,8 @@ class MambaMixer(nn.Module):
     def _ssm_inputs(self, x: torch.Tensor):
         """x, dt [b, s, d], A [d, N], B and C [b, s, N], in fp32 (at least)."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, STATE_SIZE, STATE_SIZE], dim=-1)
-        return wide(x), F.softplus(wide(self.dt_proj(dt))), -torch.exp(wide(self.A_log)), wide(B), wide(C)
+        A = -torch.exp(wide(self.A_log)).view(-1, STATE_SIZE)
+        return wide(x), F.softplus(wide(self.dt_proj(dt))), A, wide(B), wide(C)
 
     def forward(self, u: torch.Tensor, state=None):
         """u [b, s, h] -> (y [b, s, h], state after the last position). With ``state`` (from

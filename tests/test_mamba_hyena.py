@@ -168,6 +168,15 @@ def test_mamba_recurrent_decoder_matches_the_full_forward():
         _model(small("mamba", "bidirectional")).decode(ids)
 
 
+def test_mamba_decays_neither_a_nor_d():
+    from helm_scale.parallel import OptimizerConfig
+    from helm_scale.parallel.optim import build_param_groups
+    model = build_plain_model(small("mamba"))
+    decay, no_decay = (set(map(id, g["params"])) for g in build_param_groups(model, OptimizerConfig()))
+    for name, p in model.named_parameters():
+        assert (id(p) in no_decay) == (name.endswith(("A_log", ".D")) or p.ndim == 1 or "embeddings" in name), name
+
+
 # ---------------------------------------------------------------- configuration and sizes
 def test_parameter_counts_are_the_models():
     for arch, attention in [("mamba", "causal"), ("mamba", "bidirectional"), ("hyena", "causal")]:
