@@ -245,7 +245,8 @@ def hxe_side() -> list[str]:
 
     from helm_scale.train_config import load_train_config
     xe, hxe = (asdict(load_train_config(f"configs/compare/{n}.yaml").loss) for n in MODELS)
-    return [f"loss.{key}={json.dumps(value)}" for key, value in hxe.items() if xe[key] != value]
+    return [f"loss.{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in hxe.items() if xe[key] != value]
 
 
 def pretraining_markdown(train: dict, exports: dict, labels: dict[str, str]) -> str:
