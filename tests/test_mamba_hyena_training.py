@@ -69,3 +69,30 @@ def test_sigkill_then_restart_is_bit_exact(arch, backend, synthetic_dataset, tmp
     assert run(run_dir, 2, settings) == 0, (tmp_path / "run.log").read_text()
     assert "resuming at step" in (tmp_path / "run.log").read_text()
     assert losses(run_dir) == expected
+
+
+@pytest.mark.parametrize("arch", ["mamba", "hyena"])
+def test_compiled_blocks_match_eager(arch):
+    """parallel.compile wraps their blocks as the transformer's: one graph, no breaks."""
+    import copy
+
+    import torch
+    import torch._dynamo
+
+    from helm_scale.model_config import ModelConfig
+    from helm_scale.parallel.compiling import apply_compile
+    from helm_scale.plain_model import build_plain_model
+    torch.manual_seed(0)
+    eager = build_plain_model(ModelConfig(arch=arch, position="learned" if arch == "mamba" else "none",
+                                          num_layers=2, hidden_size=32, ffn_hidden_size=64, num_heads=2,
+                                          max_seq_len=64))
+    compiled = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    apply_compile(compiled)
+    ids = torch.randint(5, 69, (2, 40))
+    for model in (eager, compiled):
+        model(ids).square().mean().backward()
+    assert sum(torch._dynamo.utils.counters["graph_break"].values()) == 0
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)
