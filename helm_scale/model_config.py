@@ -50,7 +50,8 @@ class ModelConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"num_heads {self.num_heads} does not divide hidden_size {self.hidden_size}")
         if self.position not in ("learned", "rotary", "none"):
-            raise ValueError(f"position must be 'learned', 'rotary' or 'none', got {self.position!r}")
+            raise ValueError(f"position must be 'learned' or 'rotary' (or 'none': no position signal "
+                             f"but the model's own), got {self.position!r}")
         if self.position == "rotary" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head dim, got {self.head_dim}")
         if self.attention not in ("causal", "bidirectional"):
