@@ -42,6 +42,7 @@ STATE_SIZE = 16   # N, Mamba's default d_state
 EXPAND = 2        # inner width = EXPAND * hidden_size
 CONV_TAPS = 4     # d_conv
 DT_RANGE = (1e-3, 1e-1)  # initial steps, log-uniform (Mamba's dt_min, dt_max)
+STATE_BUDGET = 1 << 26   # most entries of a [rows, s, d, N] state tensor at once (256 MB in fp32)
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
@@ -82,41 +83,64 @@ def _ssm_states(x, dt, A, B):
     return a, linear_scan(a, (dt * x)[..., None] * B[:, :, None, :])
 
 
+def _row_groups(x: torch.Tensor, state_size: int):
+    """Slices of batch rows whose states [rows, s, d, N] hold at most STATE_BUDGET entries:
+    the memory of a layer's scan is then bounded whatever the batch (HELM's 128 x 444 rows
+    at width 512 would otherwise need ~2 GB per state tensor, several at once)."""
+    b, s, d = x.shape
+    rows = max(1, STATE_BUDGET // (s * d * state_size))
+    return [slice(i, min(i + rows, b)) for i in range(0, b, rows)]
+
+
 class _SelectiveScan(torch.autograd.Function):
     """y_t = C_t . h_t with h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t, and the last state.
 
     By hand rather than through autograd: autograd would keep several [b, s, d, N]
     tensors per layer for the backward; this keeps only the inputs ([b, s, d] and
-    [b, s, N]) and recomputes the states in backward (as mamba-ssm's kernel does). The
-    adjoint is the same recurrence run backwards: g_t = dL/dh_t + a_{t+1} g_{t+1}."""
+    [b, s, N]) and recomputes the states in backward (as mamba-ssm's kernel does), a group
+    of rows at a time. The adjoint is the same recurrence run backwards:
+    g_t = dL/dh_t + a_{t+1} g_{t+1}."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C):
+        y, last = x.new_empty(x.shape), x.new_empty(x.shape[0], *A.shape)
         with torch.autocast(x.device.type, enabled=False):
-            _, h = _ssm_states(x, dt, A, B)
-            y = torch.einsum("bsdn,bsn->bsd", h, C)
+            for r in _row_groups(x, A.shape[1]):
+                _, h = _ssm_states(x[r], dt[r], A, B[r])
+                y[r] = torch.einsum("bsdn,bsn->bsd", h, C[r])
+                last[r] = h[:, -1]
         ctx.save_for_backward(x, dt, A, B, C)
-        last = h[:, -1].clone()
         ctx.mark_non_differentiable(last)
         return y, last
 
     @staticmethod
     def backward(ctx, grad_y, _grad_last):
         x, dt, A, B, C = ctx.saved_tensors
+        grad_x, grad_dt, grad_B, grad_C = (torch.empty_like(t) for t in (x, dt, B, C))
+        grad_A = torch.zeros_like(A)
         with torch.autocast(x.device.type, enabled=False):
-            a, h = _ssm_states(x, dt, A, B)
-            grad_C = torch.einsum("bsd,bsdn->bsn", grad_y, h)
-            a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
-            g = linear_scan(a_next, grad_y[..., None] * C[:, :, None, :], reverse=True)
-            del a_next
-            grad_dtA = g * a  # through a = exp(dt A): times h_{t-1}, which is 0 at t = 0
-            grad_dtA[:, 1:] *= h[:, :-1]
-            grad_dtA[:, 0] = 0
-            grad_u = torch.einsum("bsdn,bsn->bsd", g, B)  # u = dt x
-            grad_B = torch.einsum("bsdn,bsd->bsn", g, dt * x)
-            grad_dt = torch.einsum("bsdn,dn->bsd", grad_dtA, A) + grad_u * x
-            grad_A = torch.einsum("bsdn,bsd->dn", grad_dtA, dt)
-        return grad_u * dt, grad_dt, grad_A, grad_B, grad_C
+            for r in _row_groups(x, A.shape[1]):
+                gx, gdt, gA, gB, gC = _scan_backward(x[r], dt[r], A, B[r], C[r], grad_y[r])
+                grad_x[r], grad_dt[r], grad_B[r], grad_C[r] = gx, gdt, gB, gC
+                grad_A += gA
+        return grad_x, grad_dt, grad_A, grad_B, grad_C
+
+
+def _scan_backward(x, dt, A, B, C, grad_y):
+    """Gradients for x, dt, A, B, C from one group of rows (A's: this group's share)."""
+    a, h = _ssm_states(x, dt, A, B)
+    grad_C = torch.einsum("bsd,bsdn->bsn", grad_y, h)
+    a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
+    g = linear_scan(a_next, grad_y[..., None] * C[:, :, None, :], reverse=True)
+    del a_next
+    grad_dtA = g * a  # through a = exp(dt A): times h_{t-1}, which is 0 at t = 0
+    grad_dtA[:, 1:] *= h[:, :-1]
+    grad_dtA[:, 0] = 0
+    grad_u = torch.einsum("bsdn,bsn->bsd", g, B)  # u = dt x
+    grad_B = torch.einsum("bsdn,bsd->bsn", g, dt * x)
+    grad_dt = torch.einsum("bsdn,dn->bsd", grad_dtA, A) + grad_u * x
+    grad_A = torch.einsum("bsdn,bsd->dn", grad_dtA, dt)
+    return grad_u * dt, grad_dt, grad_A, grad_B, grad_C
 
 
 def selective_scan(x, dt, A, B, C) -> tuple[torch.Tensor, torch.Tensor]:

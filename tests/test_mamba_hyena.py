@@ -149,6 +149,19 @@ def test_packed_rows_are_refused(arch):
         model(torch.randint(5, 69, (2, 10)), segment_ids=torch.tensor([[1] * 5 + [2] * 5] * 2))
 
 
+def test_selective_scan_in_row_groups_is_the_same(monkeypatch):
+    import helm_scale.mamba as mamba
+    inputs = [t.requires_grad_() for t in _ssm_inputs(20, 3)]
+    whole = selective_scan(*inputs)
+    whole_grads = torch.autograd.grad(whole[0].square().sum(), inputs)
+    monkeypatch.setattr(mamba, "STATE_BUDGET", 20 * 5 * 3)  # one row per group
+    assert len(mamba._row_groups(inputs[0], 3)) == 2
+    grouped = selective_scan(*inputs)
+    grouped_grads = torch.autograd.grad(grouped[0].square().sum(), inputs)
+    for got, want in zip((*grouped, *grouped_grads), (*whole, *whole_grads)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
 def test_mamba_recurrent_decoder_matches_the_full_forward():
     model = _model(small("mamba"))
     ids = torch.randint(5, 69, (4, 21))
