@@ -57,6 +57,9 @@ case $part in
         --profile
       bench "train_50m_${objective}_compiled" benchmarks/train_throughput.py "${size_50m[@]}" --bf16 \
         --objective $objective --compile --profile
+      # HELM's other backbones beside the eager transformer (pure PyTorch: no mamba-ssm kernels)
+      bench "train_50m_${objective}_backbones" benchmarks/train_throughput.py "${size_50m[@]}" --bf16 \
+        --objective $objective --backbones mamba hyena
     done ;;
   1b)
     bench train_1b_recompute benchmarks/train_throughput.py --config $config_1b "${size_1b[@]}" --bf16 \

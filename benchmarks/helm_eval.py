@@ -10,10 +10,14 @@ Every step is the public command line (recorded verbatim in the JSON and the Mar
 a step whose output is already there is skipped unless --redo names it, so an
 interrupted run resumes. The corpus is ../shared/data/corpus (antibody heavy chains +
 natural CDS, --frame trim); the configs are configs/compare/{xe,hxe,lstm}.yaml.
+``--backbones mamba hyena`` adds HELM's other backbones, each trained twice from
+configs/compare/{mamba,hyena}.yaml: with XE, and with hxe.yaml's loss section (the HXE
+side), then evaluated like the pair (downstream, annotation, language-model metrics).
 
 Usage:
   python benchmarks/helm_eval.py                 # the full run (~30 min training, ~30 min eval)
   python benchmarks/helm_eval.py --random-baseline   # ... plus the untrained network for reference
+  python benchmarks/helm_eval.py --backbones mamba hyena   # ... plus Mamba and Hyena, XE and HXE
   python benchmarks/helm_eval.py --quick         # a smoke test of the pipeline (minutes;
                                                  # writes helm_eval_quick.*, numbers meaningless)
 """
@@ -51,6 +55,7 @@ from helm_scale.evaluate.report import (
 
 MODELS = ("xe", "hxe")
 BASELINE = "lstm"  # trained and exported like the pair, scored by the language-model metrics only
+BACKBONES = ("mamba", "hyena")  # --backbones: each trained with XE and with HXE, evaluated like the pair
 HELM = [sys.executable, "-m", "helm_scale.cli"]
 STEPS = ("prep", "train", "export", "downstream", "annotate", "lm")
 
@@ -67,6 +72,8 @@ def parse_args():
     p.add_argument("--redo", nargs="*", default=[], choices=STEPS, help="steps to run again")
     p.add_argument("--random-baseline", action="store_true",
                    help="also evaluate the same network untrained (seeded N(0, 0.02) weights): what pretraining adds")
+    p.add_argument("--backbones", nargs="*", default=[], choices=BACKBONES,
+                   help="also train and evaluate Mamba / Hyena (configs/compare/), with XE and with HXE")
     p.add_argument("--exports", nargs=2, metavar=("XE_DIR", "HXE_DIR"),
                    help="evaluate these exports instead of training XE and HXE (e.g. made elsewhere); "
                         "the corpus and the LSTM / n-gram baselines are still made here")
@@ -118,16 +125,17 @@ class Pipeline:
                            "-o", str(out), "--quiet"], out / "manifest.json", out)
         return out
 
-    def train(self, name: str, corpus: Path) -> Path:
+    def train(self, name: str, corpus: Path, config: str | None = None, extra: list[str] = ()) -> Path:
         run_dir = self.work / "runs" / name
-        overrides = [f"data.dataset_dir={corpus}", f"run.run_dir={run_dir}", "run.tensorboard=false"]
+        config = config or f"configs/compare/{name}.yaml"
+        overrides = [f"data.dataset_dir={corpus}", f"run.run_dir={run_dir}", "run.tensorboard=false", *extra]
         if self.args.quick:
             overrides += ["schedule.max_steps=20", "schedule.warmup_steps=2", "run.log_interval=5",
                           "run.eval_interval=0"]
         torchrun = ["torchrun"] if shutil.which("torchrun") else [sys.executable, "-m", "torch.distributed.run"]
         # A stopped run resumes from its last checkpoint when the same command runs again.
         self.step(f"train_{name}", [*torchrun, "--standalone", "--nproc-per-node", str(self.args.nproc),
-                                    "-m", "helm_scale.cli", "train", f"configs/compare/{name}.yaml", *overrides],
+                                    "-m", "helm_scale.cli", "train", config, *overrides],
                   run_dir / "summary.json", run_dir)
         return run_dir
 
@@ -230,6 +238,17 @@ class Pipeline:
             sys.exit("evaluation failed: " + ", ".join(failed))
 
 
+def hxe_side() -> list[str]:
+    """Overrides that turn an XE compare config into its HXE side: hxe.yaml's loss section
+    where it differs from xe.yaml's."""
+    from dataclasses import asdict
+
+    from helm_scale.train_config import load_train_config
+    xe, hxe = (asdict(load_train_config(f"configs/compare/{n}.yaml").loss) for n in MODELS)
+    return [f"loss.{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in hxe.items() if xe[key] != value]
+
+
 def pretraining_markdown(train: dict, exports: dict, labels: dict[str, str]) -> str:
     """The pretraining side of the comparison, and what the untrained reference is."""
     lines = ["# Pretraining (same data, steps and rows per step)", "",
@@ -266,6 +285,13 @@ def main() -> int:
         exports["random"] = pipe.random_export()
     runs[BASELINE] = pipe.train(BASELINE, corpus)
     baseline_export = pipe.export(BASELINE, runs[BASELINE])
+    configs = {m: f"configs/compare/{m}.yaml" for m in (*MODELS, BASELINE)}
+    for arch in args.backbones:
+        for loss, extra in (("xe", []), ("hxe", hxe_side())):
+            name = f"{arch}_{loss}"
+            configs[name] = f"configs/compare/{arch}.yaml" + (" " + " ".join(extra) if extra else "")
+            runs[name] = pipe.train(name, corpus, f"configs/compare/{arch}.yaml", extra)
+            exports[name] = pipe.export(name, runs[name])
     downstream, annotation = pipe.evaluate(exports)
     lm = pipe.lm_metrics(corpus, {**exports, BASELINE: baseline_export}, runs)
 
@@ -278,15 +304,17 @@ def main() -> int:
         "corpus": json.loads((corpus / "manifest.json").read_text()).get("totals"),
         "train": {m: json.loads((runs[m] / "summary.json").read_text()) for m in runs},
         "exports": {m: str(p) for m, p in {**exports, BASELINE: baseline_export}.items()},
-        "configs": {m: f"configs/compare/{m}.yaml" for m in (*MODELS, BASELINE)},
+        "configs": configs,
         "downstream": downstream, "annotation": annotation, "lm_metrics": lm,
         "commands": pipe.commands, "seconds": pipe.seconds,
         "total_seconds": round(time.perf_counter() - started, 1),
         "command": "python benchmarks/helm_eval.py" + (" --quick" if args.quick else "")
-                   + (" --random-baseline" if args.random_baseline else ""),
+                   + (" --random-baseline" if args.random_baseline else "")
+                   + (" --backbones " + " ".join(args.backbones) if args.backbones else ""),
     }
     write_results(results_dir / f"{stem}.json", payload)
     labels = {m: {"random": "untrained", BASELINE: "LSTM"}.get(m, m.upper()) for m in (*exports, BASELINE)}
+    labels.update({f"{a}_{loss}": f"{a.capitalize()} {loss.upper()}" for a in args.backbones for loss in MODELS})
     md = [compare_markdown({labels[m]: downstream[m] for m in exports},
                            "HELM evaluation on CPU: XE vs HXE, downstream (frozen backbone)"),
           compare_annotation_markdown({labels[m]: annotation[m] for m in exports}),

@@ -23,6 +23,12 @@ and padding is not; both stacks see the same real tokens each step.
 FLOPs per token (both models, same shapes): 6 x (L(4h^2 + 2hf) + V h) + 12 L h S,
 forward + backward, attention included (helm_scale.model.ModelConfig.flops_per_token),
 S the row length; TFLOP/s and MFU count real tokens only.
+--backbones mamba hyena adds HELM's other backbones (helm_scale.mamba, helm_scale.hyena) as
+more rows of the same run, trained like ours (same engine, HXE, batch): Hyena at the
+transformer's depth, width and MLP; Mamba at its width and MLP, with the depth that comes
+closest to its parameter count. They take one sequence per row, so with --dataset and
+--layout packed they get the padded layout of the same sequences. Their FLOPs per token
+are their own (ModelConfig.flops_per_token: matmuls plus the scan / FFT convolution).
 Peak memory (CUDA only): the most allocated while the stack was built and warmed up,
 above what was allocated before it (so the other stack's tensors do not count).
 
@@ -32,6 +38,7 @@ Usage:
   python benchmarks/train_throughput.py --config configs/helm_1b.yaml --batch 16 --bf16 --activation-checkpointing
   add --objective mlm for the bidirectional model with 15% masked codons (peer: HF BERT)
   add --dataset DIR [--layout padded] for real sequences as our loader makes them (see Batches)
+  add --backbones mamba hyena for Mamba and Hyena rows of similar parameter count
 """
 from __future__ import annotations
 
@@ -57,14 +64,14 @@ CORPUS_BATCHES = 4  # distinct micro-batches cycled with --dataset: lengths vary
 def _ours(cfg, batches, device, bf16, recompute, compile_blocks, pack):
     from helm_scale.codon import Vocabulary
     from helm_scale.losses import LossConfig, build_loss
-    from helm_scale.model import HelmTransformer
+    from helm_scale.model import build_model
     from helm_scale.parallel import OptimizerConfig, ParallelConfig, build_engine, init_parallel
     from helm_scale.trainer import model_inputs
     pcfg = ParallelConfig(backend="deepspeed" if bf16 and device.type == "cpu" else "ddp",
                           precision="bf16" if bf16 else "fp32", activation_checkpointing=recompute,
                           compile=compile_blocks)
     state = init_parallel(pcfg)
-    engine = build_engine(HelmTransformer(cfg), OptimizerConfig(lr=1e-4), pcfg, state)
+    engine = build_engine(build_model(cfg), OptimizerConfig(lr=1e-4), pcfg, state)
     loss_fn = build_loss(LossConfig(name="hxe", overwrite_logits=True), Vocabulary.default(),
                          cfg.padded_vocab_size)
     turns, objective = itertools.cycle(batches), "clm" if cfg.attention == "causal" else "mlm"
@@ -83,6 +90,16 @@ def _ours(cfg, batches, device, bf16, recompute, compile_blocks, pack):
     def loss_alone():
         loss_fn(logits.clone().requires_grad_(True), labels, mask).loss.backward()
     return step, engine.module, loss_alone
+
+
+def _size_matched(cfg, arch: str):
+    """A Mamba or Hyena config of about ``cfg``'s parameter count (see the docstring)."""
+    other = dataclasses.replace(cfg, arch=arch, position="learned" if arch == "mamba" else "none")
+    if arch == "hyena":
+        return other
+    target = cfg.num_parameters()
+    return min((dataclasses.replace(other, num_layers=n) for n in range(1, 4 * cfg.num_layers + 1)),
+               key=lambda c: abs(c.num_parameters() - target))
 
 
 def _peer(cfg, batches, device, bf16, recompute):
@@ -243,6 +260,8 @@ def main() -> int:
                     help="torch.compile our transformer blocks (parallel.compile); the peer stays eager")
     ap.add_argument("--profile", action="store_true",
                     help="also record each stack's most expensive ops over 3 steps (torch.profiler)")
+    ap.add_argument("--backbones", nargs="*", choices=("mamba", "hyena"), default=[],
+                    help="also time HELM's Mamba / Hyena of similar parameter count (our engine and HXE)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
@@ -269,6 +288,16 @@ def main() -> int:
     peer_name = "hf_gpt2" if args.objective == "clm" else "hf_bert"
     builders = {"helm_scale": lambda: _ours(cfg, ours, device, args.bf16, recompute, args.compile, pack),
                 peer_name: lambda: _peer(cfg, peers, device, args.bf16, recompute)}
+    configs, batches_of = {"helm_scale": cfg, peer_name: cfg}, {"helm_scale": ours, peer_name: peers}
+    unpacked = ours
+    if args.backbones and args.dataset and pack:
+        unpacked = [{k: v.to(device) for k, v in b.items()} for b in
+                    _corpus_batches(args.dataset, args.batch, seq, args.objective, False, CORPUS_BATCHES)]
+    for arch in args.backbones:
+        name, configs[f"helm_{arch}"] = f"helm_{arch}", _size_matched(cfg, arch)
+        batches_of[name] = unpacked
+        builders[name] = (lambda c: lambda: _ours(c, unpacked, device, args.bf16, recompute, args.compile,
+                                                  False))(configs[name])
     runners, peak_gib = {}, {}
     for name, build in builders.items():
         runners[name], peak_gib[name] = _build_and_warm(build, warmup, device)
@@ -278,9 +307,12 @@ def main() -> int:
         for name, step in timed.items():
             best[name] = min(best[name], _time(step, warmup, steps, device))
     flops, peak = cfg.flops_per_token(seq), device_peak_tflops(None)
-    tokens = sum(map(_real_tokens, ours)) / len(ours)  # real tokens per step, the same for both
-    padding = {name: 1 - tokens * len(bs) / sum(b["input_ids"].numel() for b in bs)
-               for name, bs in (("helm_scale", ours), (peer_name, peers))}
+    # Real tokens per step: the same for ours and the peer (and the backbones but when
+    # they get the unpacked rows of a packed run).
+    stack_tokens = {name: sum(map(_real_tokens, bs)) / len(bs) for name, bs in batches_of.items()}
+    stack_tokens[peer_name] = tokens = stack_tokens["helm_scale"]
+    padding = {name: 1 - stack_tokens[name] * len(bs) / sum(b["input_ids"].numel() for b in bs)
+               for name, bs in batches_of.items()}
     rows = {}
     print(f"{args.objective}, model {cfg.num_layers}x{cfg.hidden_size}x{cfg.ffn_hidden_size}, "
           f"{cfg.num_parameters():,} params, "
@@ -292,9 +324,12 @@ def main() -> int:
           f"{'peak GiB':>9} {'params':>12}")
     for name in runners:
         seconds, model = best[name], runners[name][1]
-        rows[name] = {"step_s": seconds, "tokens_per_s": tokens / seconds,
-                      "tflops": tokens / seconds * flops / 1e12,
-                      "mfu": (tokens / seconds * flops / 1e12 / peak) if peak else None,
+        stack_flops, n = configs[name].flops_per_token(seq), stack_tokens[name]
+        rows[name] = {"step_s": seconds, "tokens_per_s": n / seconds, "real_tokens_per_step": n,
+                      "tflops": n / seconds * stack_flops / 1e12,
+                      "mfu": (n / seconds * stack_flops / 1e12 / peak) if peak else None,
+                      "model": f"{configs[name].arch} {configs[name].num_layers}x{configs[name].hidden_size}"
+                               f"x{configs[name].ffn_hidden_size}",
                       "padding": padding[name], "peak_gib": peak_gib[name],
                       "parameters": sum(p.numel() for p in model.parameters())}
         r = rows[name]
@@ -311,6 +346,10 @@ def main() -> int:
             print(f"  {op['self_ms_per_step']:9.2f}  x{op['calls_per_step']:<6g} {op['op'][:90]}")
     ratio = rows["helm_scale"]["tokens_per_s"] / rows[peer_name]["tokens_per_s"]
     print(f"helm_scale / {peer_name} tokens/s: {ratio:.2f}x")
+    for arch in args.backbones:
+        r = rows[f"helm_{arch}"]
+        print(f"helm_{arch} ({r['model']}) / helm_scale transformer tokens/s: "
+              f"{r['tokens_per_s'] / rows['helm_scale']['tokens_per_s']:.2f}x")
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"train_throughput_{device.type}.json")
     write_results(out, {
         "benchmark": "train_throughput", "device": torch.cuda.get_device_name() if device.type == "cuda"
@@ -322,6 +361,7 @@ def main() -> int:
         "activation_checkpointing": recompute, "compile_ours": args.compile,
         "hxe_loss_s": best["hxe_loss"], "hxe_share_of_step": hxe_share,
         "flops_per_token": flops, "results": rows, "ratio_tokens_per_s": ratio, "profile": profiles,
+        "backbones": {arch: configs[f"helm_{arch}"].__dict__ for arch in args.backbones},
         "command": " ".join(sys.argv)})
     return 0
 

@@ -36,7 +36,7 @@ EXPORT_FILES = ("model.safetensors", "config.yaml", "vocab.json", "tree.json")
 
 @dataclass
 class Exported:
-    model: torch.nn.Module  # PlainTransformer (LstmLM for model.arch lstm), eval mode
+    model: torch.nn.Module  # PlainTransformer (LstmLM, MambaLM, HyenaLM for those model.arch), eval mode
     config: object          # TrainConfig
     vocab: Vocabulary
     tree: CodonTree

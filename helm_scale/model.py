@@ -13,7 +13,7 @@ Public API:
       -> logits_shard [b, s, padded_vocab_size / TP]: this TP rank's contiguous vocab slice,
          the input of helm_scale.losses (never gathered). No loss in the model.
   build_model(config, sequence_parallel=False)  what the trainer builds: HelmTransformer, or
-      helm_scale.lstm.LstmLM when config.arch == "lstm" (TP 1 only)
+      the single-device model of an arch with no TP form (lstm, mamba, hyena: TP 1 only)
 
 megatron's parallel state must be initialised first (helm_scale.parallel.init_parallel);
 weights are always initialised on the CPU from the default generator, so one seed gives
@@ -30,8 +30,8 @@ from megatron.core import ModelParallelConfig, parallel_state, tensor_parallel
 from megatron.core.utils import init_method_normal, scaled_init_method_normal
 from torch import nn
 
-from helm_scale.model_config import DTYPES, ModelConfig, pad_vocab
-from helm_scale.plain_model import build_attention_mask, rotary_tables, rotate
+from helm_scale.model_config import DTYPES, PLAIN_ONLY, ModelConfig, pad_vocab
+from helm_scale.plain_model import build_attention_mask, build_plain_model, rotary_tables, rotate
 
 __all__ = ["HelmTransformer", "ModelConfig", "build_attention_mask", "build_model", "pad_vocab"]
 
@@ -197,8 +197,7 @@ class HelmTransformer(nn.Module):
 
 def build_model(config: ModelConfig, sequence_parallel: bool = False) -> nn.Module:
     """The training model ``config.arch`` names (after init_parallel, like HelmTransformer)."""
-    if config.arch == "lstm":
-        from helm_scale.lstm import LstmLM
+    if config.arch in PLAIN_ONLY:
         config.validate_for_tp(parallel_state.get_tensor_model_parallel_world_size())
-        return LstmLM(config)
+        return build_plain_model(config)
     return HelmTransformer(config, sequence_parallel=sequence_parallel)

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-ARCHS = ("transformer", "lstm")  # lstm: the recurrent baseline (helm_scale.lstm), TP 1 only
+ARCHS = ("transformer", "lstm", "mamba", "hyena")  # lstm: the recurrent baseline (helm_scale.lstm);
+# mamba, hyena: HELM's attention-free backbones (helm_scale.mamba, helm_scale.hyena). TP 1 only.
+PLAIN_ONLY = ("lstm", "mamba", "hyena")  # no tensor-parallel form and no packed rows
 
 
 def pad_vocab(vocab_size: int, tp: int = 1, multiple: int = 8) -> int:
@@ -26,7 +28,7 @@ class ModelConfig:
     ffn_hidden_size: int = 2560
     num_heads: int = 10
     max_seq_len: int = 444
-    position: str = "learned"  # "learned" | "rotary"
+    position: str = "learned"  # "learned" | "rotary" | "none" (no position signal but the model's own)
     attention: str = "causal"  # "causal" | "bidirectional"
     dropout: float = 0.0
     init_std: float = 0.02
@@ -34,7 +36,7 @@ class ModelConfig:
     params_dtype: str = "fp32"  # "fp32" | "bf16"
     layernorm_eps: float = 1e-5
     rotary_base: float = 10000.0
-    arch: str = "transformer"  # "transformer" | "lstm" (num_layers x hidden_size LSTM; heads, ffn unused)
+    arch: str = "transformer"  # "transformer" | "lstm" (heads, ffn unused) | "mamba" | "hyena" (heads unused)
 
     def __post_init__(self):
         if self.padded_vocab_size is None:
@@ -47,8 +49,9 @@ class ModelConfig:
             raise ValueError(f"padded_vocab_size {self.padded_vocab_size} < vocab_size {self.vocab_size}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"num_heads {self.num_heads} does not divide hidden_size {self.hidden_size}")
-        if self.position not in ("learned", "rotary"):
-            raise ValueError(f"position must be 'learned' or 'rotary', got {self.position!r}")
+        if self.position not in ("learned", "rotary", "none"):
+            raise ValueError(f"position must be 'learned' or 'rotary' (or 'none': no position signal "
+                             f"but the model's own), got {self.position!r}")
         if self.position == "rotary" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head dim, got {self.head_dim}")
         if self.attention not in ("causal", "bidirectional"):
@@ -61,6 +64,8 @@ class ModelConfig:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.arch == "lstm" and self.attention != "causal":
             raise ValueError("arch 'lstm' is a left-to-right model: it needs attention = 'causal'")
+        if self.arch in ("mamba", "hyena") and self.position == "rotary":
+            raise ValueError(f"arch {self.arch!r} has no attention to rotate: use position 'learned' or 'none'")
 
     @property
     def head_dim(self) -> int:
@@ -68,15 +73,19 @@ class ModelConfig:
 
     def validate_for_tp(self, tp: int) -> None:
         """Raise if this model cannot be split over ``tp`` tensor-parallel ranks."""
-        if self.arch == "lstm" and tp != 1:
-            raise ValueError(f"arch 'lstm' has no tensor-parallel form: it needs tensor_parallel = 1, got {tp}")
+        if self.arch in PLAIN_ONLY and tp != 1:
+            raise ValueError(f"arch {self.arch!r} has no tensor-parallel form: it needs tensor_parallel = 1, "
+                             f"got {tp} (scale it with data parallelism or DeepSpeed ZeRO)")
         for key in ("num_heads", "ffn_hidden_size", "padded_vocab_size"):
             if getattr(self, key) % tp:
                 hint = f"; use pad_vocab({self.vocab_size}, tp={tp})" if key == "padded_vocab_size" else ""
                 raise ValueError(f"{key} = {getattr(self, key)} is not divisible by tensor_parallel = {tp}{hint}")
 
     def num_parameters(self, include_embeddings: bool = True) -> int:
-        """Exact parameter count of HelmTransformer (all TP ranks together), or of LstmLM."""
+        """Exact parameter count of HelmTransformer (all TP ranks together), or of LstmLM,
+        MambaLM, HyenaLM (these two counted on a model built on the meta device)."""
+        if self.arch in ("mamba", "hyena"):
+            return self._meta_model().parameter_count(include_embeddings)
         h, f = self.hidden_size, self.ffn_hidden_size
         if self.arch == "lstm":  # per layer: W_ih, W_hh (4h x h each) and two 4h biases
             n = self.num_layers * (8 * h * h + 8 * h) + (0 if self.tie_embeddings else self.padded_vocab_size * h)
@@ -97,8 +106,16 @@ class ModelConfig:
         12 * L * h * S is QK^T and attention x V (2 * 2 * S * h per token and layer forward,
         times 3 with the backward). Causal masking is not discounted (PaLM convention).
         """
+        if self.arch in ("mamba", "hyena"):
+            return self._meta_model().flops_per_token(seq_len)
         h, f, L = self.hidden_size, self.ffn_hidden_size, self.num_layers
         if self.arch == "lstm":  # 8h^2 matmul weights per layer and the head; no attention
             return 6.0 * (L * 8 * h * h + self.padded_vocab_size * h)
         matmul_params = L * (4 * h * h + 2 * h * f) + self.padded_vocab_size * h
         return 6.0 * matmul_params + 12.0 * L * h * seq_len
+
+    def _meta_model(self):
+        """The model without memory (meta tensors): its shapes only, for counting."""
+        from helm_scale.plain_model import build_plain_model
+        with torch.device("meta"):
+            return build_plain_model(self)

@@ -10,7 +10,8 @@ state dict; tests check that both give the same logits.
           -> logits [b, s, padded_vocab_size]
       .hidden_states(same arguments) -> [b, s, hidden_size], after the final norm
   build_attention_mask, rotary_tables, rotate: shared with the tensor-parallel model
-  build_plain_model(config) -> PlainTransformer, or helm_scale.lstm.LstmLM for arch "lstm"
+  build_plain_model(config) -> PlainTransformer, or LstmLM / MambaLM / HyenaLM for arch
+      "lstm" / "mamba" / "hyena" (helm_scale.lstm, helm_scale.mamba, helm_scale.hyena)
 """
 from __future__ import annotations
 
@@ -132,4 +133,10 @@ def build_plain_model(config: ModelConfig) -> nn.Module:
     if config.arch == "lstm":
         from helm_scale.lstm import LstmLM
         return LstmLM(config)
+    if config.arch == "mamba":
+        from helm_scale.mamba import MambaLM
+        return MambaLM(config)
+    if config.arch == "hyena":
+        from helm_scale.hyena import HyenaLM
+        return HyenaLM(config)
     return PlainTransformer(config)

@@ -12,7 +12,7 @@ from pathlib import Path
 from helm_scale.codon import Vocabulary
 from helm_scale.config_io import ConfigError, load_config
 from helm_scale.losses import LossConfig
-from helm_scale.model_config import ModelConfig
+from helm_scale.model_config import PLAIN_ONLY, ModelConfig
 from helm_scale.parallel import OptimizerConfig, ParallelConfig
 from helm_scale.shard_format import MANIFEST, read_manifest
 
@@ -104,9 +104,9 @@ class TrainConfig:
         wanted = "causal" if self.data.objective == "clm" else "bidirectional"
         if self.model.attention != wanted:
             raise ConfigError(f"data.objective {self.data.objective} needs model.attention={wanted}")
-        if self.model.arch == "lstm" and self.data.pack:
-            raise ConfigError("model.arch lstm cannot take packed rows (its state would flow from one "
-                              "sequence into the next): set data.pack=false")
+        if self.model.arch in PLAIN_ONLY and self.data.pack:
+            raise ConfigError(f"model.arch {self.model.arch} cannot take packed rows (its state would flow "
+                              "from one sequence into the next): set data.pack=false")
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(f"data.seq_len {self.data.seq_len} exceeds model.max_seq_len "
                               f"{self.model.max_seq_len}")

@@ -1,7 +1,7 @@
 """Next-token logits one token at a time, for sampling: cached keys and values for the
-transformer, the carried state for the LSTM.
+transformer, the carried state for the LSTM and Mamba.
 
-    dec = decoder_for(model)            KVCacheDecoder, LstmDecoder or FullForwardDecoder
+    dec = decoder_for(model)            KVCacheDecoder, LstmDecoder, RecurrentDecoder or FullForwardDecoder
     logits = dec.start(ids)             [b, s] prompt -> [b, padded_vocab] at its last position
     logits = dec.step(next_ids, keep)   rows ``keep`` of the batch each take one more token
 
@@ -9,8 +9,10 @@ Without a cache every new token costs a forward over the whole prefix (O(L^2) fo
 sequence; minutes for a few dozen 1,000-nt sequences on a CPU); with it, one position.
 KVCacheDecoder re-states PlainTransformer's block arithmetic over the model's own modules
 (helm_scale.plain_model._Block): tests check it against ``model(ids)[:, -1]`` at every step,
-so a change to the model that it does not follow fails there. Any other model gets the
-full forward.
+so a change to the model that it does not follow fails there. RecurrentDecoder drives a
+model's own ``decode(ids, state)`` (helm_scale.mamba.MambaLM). Any other model (Hyena,
+whose long convolution has no constant-size state) gets the full forward: exact, but
+each token re-runs the whole prefix.
 """
 from __future__ import annotations
 
@@ -99,10 +101,28 @@ class LstmDecoder:
         return self._logits(next_ids[:, None], (h[:, keep].contiguous(), c[:, keep].contiguous()))
 
 
+class RecurrentDecoder:
+    """A model that decodes itself: ``decode(ids, state=None) -> (logits, state)`` with
+    ``state.rows(keep)`` selecting batch rows (MambaLM)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def start(self, ids: torch.Tensor) -> torch.Tensor:
+        logits, self.state = self.model.decode(ids)
+        return logits
+
+    def step(self, next_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        logits, self.state = self.model.decode(next_ids[:, None], self.state.rows(keep))
+        return logits
+
+
 def decoder_for(model):
     """The fastest exact decoder for ``model`` (eval mode: no dropout to reproduce)."""
     if type(model) is PlainTransformer and model.config.attention == "causal":
         return KVCacheDecoder(model)
     if type(model) is LstmLM:
         return LstmDecoder(model)
+    if hasattr(model, "decode") and model.config.attention == "causal":
+        return RecurrentDecoder(model)
     return FullForwardDecoder(model)

@@ -3,7 +3,9 @@
 Only codons and <eos> are ever drawn. Defaults follow the HELM paper: temperature 1,
 top-k 10, top-p 0.95, each sequence starting with ATG. Headers record the codon count and
 whether the model ended the sequence (eos=yes) or it hit --max-codons (eos=no). Prints a
-JSON summary; bad input exits with code 2.
+JSON summary; bad input exits with code 2. Transformers decode with a key / value cache,
+LSTM and Mamba exports with their recurrent state (one position per token); a Hyena export
+re-runs the whole prefix for every token (exact, but O(L^2): slow for long sequences).
 
   helm-scale generate EXPORT -n 100 -o generated.fasta [--seed 0]
 """
