@@ -54,6 +54,7 @@ class ShardTables:
     # padding run is kept out of it.
     grouped_start: int = 0
     grouped_end: int = 0
+    num_classes: int = 0  # synonym classes over the whole vocabulary (0: this slice's)
 
     def __post_init__(self):
         # closure[g, h] = 1 where group g is h or lies under h (sink: only itself): the
@@ -77,6 +78,9 @@ class ShardTables:
             [closure.T, torch.ones_like(closure[:1])]))
         object.__setattr__(self, "_internal_rows", strict[:, internal].T)
         object.__setattr__(self, "internal_slot", slot)  # group -> 1 + its internal index
+        members, has_local = _class_members(self.token_class, self.num_classes)
+        object.__setattr__(self, "class_members", members)
+        object.__setattr__(self, "class_has_local", has_local)
 
     def _as(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         key = (name, dtype)
@@ -91,6 +95,23 @@ class ShardTables:
     def internal_rows(self, dtype: torch.dtype) -> torch.Tensor:
         """[internal groups, G+1]: 1 where a group lies strictly under an internal one."""
         return self._as("_internal_rows", dtype)
+
+
+def _class_members(token_class: torch.Tensor, num_classes: int):
+    """([classes, K] long, [classes] bool): each synonym class's columns in this slice,
+    padded by repeating its first one (K = the largest class's count here), and whether
+    the class has any column here at all."""
+    device = token_class.device
+    num_classes = max(num_classes, int(token_class.max()) + 1 if token_class.numel() else 0)
+    columns = [torch.nonzero(token_class == c).flatten() for c in range(num_classes)]
+    width = max([1] + [c.numel() for c in columns])
+    members = torch.zeros(num_classes, width, dtype=torch.long, device=device)
+    for c, cols in enumerate(columns):
+        if cols.numel():
+            members[c] = torch.cat([cols, cols[:1].expand(width - cols.numel())])
+    has_local = torch.tensor([c.numel() > 0 for c in columns], dtype=torch.bool,
+                             device=device)
+    return members, has_local
 
 
 def grouped_range(parent_column: torch.Tensor, sink: int) -> tuple[int, int]:
@@ -197,7 +218,11 @@ class VocabParallelHXE(torch.autograd.Function):
             # Cast first, as megatron-core does: a same-dtype max and in-place subtract are
             # twice as fast on CPU as mixed bf16 / fp32 elementwise ops.
             z = z.to(compute, memory_format=torch.contiguous_format)
-        local_max, local_arg = z.max(dim=-1)
+        # amax, not max(dim): torch's max with indices is ~30x slower on CPU (no vector
+        # kernel), and megatron-core pays it. The argmax is not needed: a prediction is
+        # synonymous iff some maximal entry is in the target's class, i.e. iff the class's
+        # own maximum (a tokens x class-size gather) reaches the global maximum.
+        local_max = z.amax(dim=-1)
         global_max = local_max.clone()
         if group is not None:
             dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
@@ -207,7 +232,9 @@ class VocabParallelHXE(torch.autograd.Function):
         target_index = local_target.clamp(0, v_local - 1)
         target_logit = z.gather(1, target_index[:, None]).squeeze(1)
         target_logit = torch.where(is_local, target_logit, torch.zeros_like(target_logit))
-        synonym_hit = (local_max == global_max) & (shard.token_class[local_arg] == target_class)
+        class_max = z.gather(1, shard.class_members.index_select(0, target_class)).amax(1)
+        synonym_hit = (class_max == global_max) & shard.class_has_local.index_select(
+            0, target_class)
 
         owned = in_place or z.dtype != logits.dtype  # a buffer this call may overwrite
         parts = [target_logit[:, None], None, synonym_hit.to(compute)[:, None]]
@@ -219,9 +246,10 @@ class VocabParallelHXE(torch.autograd.Function):
         # as fast on CPU as separate subtract, exp and sum passes; in place on an owned
         # buffer (megatron-style: the logits buffer becomes the softmax buffer).
         work = torch.softmax(z, -1, out=z) if owned else torch.softmax(z, -1)
-        # work = exp(z - local max) / S_local, and exp(0) = 1 at the local argmax, so
-        # e = exp(z - global max) = work * scale with scale = exp(local - global max) * S_local.
-        to_global = (local_max - global_max).exp() / work.gather(1, local_arg[:, None]).squeeze(1)
+        # work = exp(z - local max) / S_local, and exp(0) = 1 at the local argmax, where
+        # work (monotone in z) is largest: e = exp(z - global max) = work * to_global with
+        # to_global = exp(local - global max) * S_local = exp(local - global max) / max work.
+        to_global = (local_max - global_max).exp() / work.amax(dim=-1)
         path_mass, total = _path_sums(work, shard, path_columns)
         path_mass *= to_global[:, None]
         parts[1] = (total * to_global)[:, None]

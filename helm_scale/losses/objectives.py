@@ -141,7 +141,8 @@ class HierarchicalLoss(nn.Module):
             self._shards[key] = ShardTables(lo, parent, tab["token_class"][lo:hi],
                                             levels, self.num_groups,
                                             block, block_column,
-                                            *grouped_range(parent, self.num_groups))
+                                            *grouped_range(parent, self.num_groups),
+                                            num_classes=int(tab["token_class"].max()) + 1)
         return self._shards[key]
 
     def forward(self, logits_shard: torch.Tensor, targets: torch.Tensor,
