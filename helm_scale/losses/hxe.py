@@ -223,18 +223,27 @@ class VocabParallelHXE(torch.autograd.Function):
         # synonymous iff some maximal entry is in the target's class, i.e. iff the class's
         # own maximum (a tokens x class-size gather) reaches the global maximum.
         local_max = z.amax(dim=-1)
-        global_max = local_max.clone()
-        if group is not None:
+        # One rank (TP = 1) holds every column: no masks for targets or classes elsewhere.
+        split = group is not None and dist.get_world_size(group) > 1
+        global_max = local_max
+        if split:
+            global_max = local_max.clone()
             dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
 
-        local_target = targets - shard.vocab_start
-        is_local = (local_target >= 0) & (local_target < v_local)
-        target_index = local_target.clamp(0, v_local - 1)
+        is_local = None
+        target_index = targets
+        if split:
+            local_target = targets - shard.vocab_start
+            is_local = (local_target >= 0) & (local_target < v_local)
+            target_index = local_target.clamp(0, v_local - 1)
         target_logit = z.gather(1, target_index[:, None]).squeeze(1)
-        target_logit = torch.where(is_local, target_logit, torch.zeros_like(target_logit))
+        # the target's place in the (contiguous) buffer that backward turns into the gradient
+        flat_target = torch.arange(0, rows * v_local, v_local, device=z.device) + target_index
         class_max = z.gather(1, shard.class_members.index_select(0, target_class)).amax(1)
-        synonym_hit = (class_max == global_max) & shard.class_has_local.index_select(
-            0, target_class)
+        synonym_hit = class_max == global_max
+        if split:
+            target_logit = torch.where(is_local, target_logit, torch.zeros_like(target_logit))
+            synonym_hit &= shard.class_has_local.index_select(0, target_class)
 
         owned = in_place or z.dtype != logits.dtype  # a buffer this call may overwrite
         parts = [target_logit[:, None], None, synonym_hit.to(compute)[:, None]]
@@ -257,7 +266,7 @@ class VocabParallelHXE(torch.autograd.Function):
         if soft:
             parts.append(shifted_path)
         packed = torch.cat(parts, dim=1)
-        if group is not None:
+        if split:
             dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
 
         height = path_columns.shape[1]
@@ -279,24 +288,26 @@ class VocabParallelHXE(torch.autograd.Function):
 
         # Backward coefficients, kept at tokens x height: per group g,
         #   multiplier[g] = scale / total - sum_j w_j / P(n_j) [g under n_j]
-        # as one bag (path slots above the leaf, then the every-group row for the
-        # softmax scale), and the leaf's own coefficient; backward expands them.
+        # as one bag (the every-group row for the softmax scale in the leaf's slot, then
+        # the path slots above the leaf), and the leaf's own coefficient; backward
+        # expands them.
         inverse_mass = torch.exp(-log_mass).clamp_max_(1 / tiny)  # contiguous: vectorised
         scale = log_mass_weights.sum(dim=1)
         if soft:
             scale = scale + soft_total
         # The saved buffer holds work = e / to_global: the multiplier carries the factor.
-        bag_weights = torch.cat([-log_mass_weights[:, 1:] * inverse_mass[:, 1:],
-                                 (scale / total)[:, None]], dim=1) * to_global[:, None]
-        bag_columns = torch.cat([path_columns[:, 1:],
-                                 path_columns.new_full((rows, 1), shard.num_groups + 1)], 1)
+        bag_weights = inverse_mass.mul_(log_mass_weights).neg_()
+        bag_weights[:, 0] = scale / total
+        bag_weights *= to_global[:, None]
+        bag_columns = path_columns.clone()
+        bag_columns[:, 0] = shard.num_groups + 1
         leaf = log_mass_weights[:, 0]
         if soft:
             leaf = leaf + logit_sum_weights[:, 0]
         # Save the caller's buffer itself, not a view of it, when it was overwritten: the
         # backward edits it in place.
         ctx.save_for_backward(logits if in_place else work, bag_weights, bag_columns, leaf,
-                              target_index, is_local, logit_sum_weights)
+                              flat_target, is_local, logit_sum_weights)
         ctx.shard = shard  # constant tables, not activations
         ctx.input_shape, ctx.input_dtype, ctx.used = logits.shape, logits.dtype, False
         ctx.reusable = reusable_backward
@@ -312,7 +323,7 @@ class VocabParallelHXE(torch.autograd.Function):
             raise RuntimeError("VocabParallelHXE overwrites its saved softmax in backward; "
                                "a second backward (retain_graph) is not supported")
         ctx.used = True
-        (work, bag_weights, bag_columns, leaf, target_index, is_local,
+        (work, bag_weights, bag_columns, leaf, flat_target, is_local,
          logit_sum_weights) = ctx.saved_tensors
         shard = ctx.shard
         work = work.detach().reshape(-1, work.shape[-1])
@@ -323,7 +334,7 @@ class VocabParallelHXE(torch.autograd.Function):
         multiplier = _down_the_tree(bag_columns, bag_weights * g[:, None], shard)
         addend = None
         if logit_sum_weights is not None:
-            path_columns = bag_columns[:, :-1]
+            path_columns = bag_columns[:, 1:]
             addend = _down_the_tree(path_columns, logit_sum_weights[:, 1:] * g[:, None], shard)
         step = _chunk_rows(rows, cols)
         for start in range(0, rows, step):
@@ -331,9 +342,10 @@ class VocabParallelHXE(torch.autograd.Function):
             _apply_by_group(block, multiplier[start:start + step], shard, "mul_")
             if addend is not None:
                 _apply_by_group(block, addend[start:start + step], shard, "sub_")
-        leaf_grad = torch.where(is_local, leaf * g, torch.zeros_like(g))
+        leaf_grad = leaf * g
+        if is_local is not None:
+            leaf_grad = torch.where(is_local, leaf_grad, torch.zeros_like(g))
         # distinct flat positions: a 1-D index_add is the cheapest scatter on CPU
-        flat_target = torch.arange(0, rows * cols, cols, device=work.device) + target_index
         work.view(-1).index_add_(0, flat_target, leaf_grad, alpha=-1)
         grad = work.view(ctx.input_shape)
         if ctx.input_dtype != work.dtype:
