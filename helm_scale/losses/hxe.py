@@ -16,15 +16,21 @@ does; with ``overwrite_logits`` and fp32 / fp64 logits that buffer is the caller
 themselves, which the caller must then not read after the call (bf16 / fp16 logits are
 cast to a new fp32 buffer first and never touched).
 
-Passes over the tokens x vocabulary block, forward: max (with argmax, for the synonym
-accuracy), torch's fused softmax (into a new fp32 buffer unless overwriting; its rows
-are rescaled to the global max through tokens-sized factors), each group's sum
-over its own leaves (one index_add over the grouped run; the padding only adds to the
-row total); backward: one multiply by the expanded coefficients (in cache-sized row
-chunks, a broadcast over the padding) and the target's own term. Everything else is
-tokens x groups or smaller, through the 0/1 group closure matrix: path masses add, for
-the few groups with groups under them, one tokens x G by G x internal product; the
-backward's per-group coefficients are one embedding_bag of closure rows.
+Passes over the tokens x vocabulary block, forward: the row maximum (amax, no argmax:
+the synonym hit compares the target class's own maximum, a tokens x class-size gather,
+with the global one), torch's fused softmax (into a new fp32 buffer unless overwriting),
+its row maximum (the local scale that rescales rows to the global max through
+tokens-sized factors), each group's sum over its own leaves (one index_add over the
+grouped run; the padding only adds to the row total); backward: one multiply by the
+expanded coefficients (in cache-sized row chunks, a broadcast over the padding) and the
+target's own term. Everything else is tokens x groups or smaller, through the 0/1 group
+closure matrix: path masses add, for the few groups with groups under them, one tokens x
+G by G x internal product; the backward's per-group coefficients are one embedding_bag
+of closure rows.
+
+Ties: a token counts as an exact hit when its target reaches the row maximum and as a
+synonym hit when any entry of the target's class does (so an exact hit is always a
+synonym hit); with distinct logits that is the argmax's verdict.
 """
 from __future__ import annotations
 
