@@ -4,7 +4,8 @@ One global batch of 8 rows goes through the trainer's first optimizer step laid 
 1 process x 8 rows, 1 x (4 rows x 2 accumulation steps), 2 DP x 4, 2 DP x (2 x 2) and
 TP 2 x DP 1, on DDP and DeepSpeed ZeRO; the gradient that step applies must equal (1e-6
 relative, fp32) the gradient of the token mean over the 8 rows written by hand in plain
-PyTorch (helm_scale.plain_model, F.cross_entropy), whatever the layout. The batches make
+PyTorch (helm_scale.plain_model, F.cross_entropy), whatever the layout, and the trainer's
+logged loss must be that token mean. The batches make
 micro-batches hold very different numbers of target tokens: CLM rows of 1-32 tokens
 (padding), MLM (15% masked, one row far more), and packed rows (some full, some nearly
 empty). The loss is XE so that the reference is plain cross-entropy: the reduction under
@@ -36,11 +37,9 @@ LAYOUTS = {  # world size -> [(label, TP, micro-batch rows, accumulation steps)]
     1: [("1 x 8", 1, 8, 1), ("1 x (4 x 2)", 1, 4, 2)],
     2: [("2 DP x 4", 1, 4, 1), ("2 DP x (2 x 2)", 1, 2, 2), ("TP 2 x DP 1", 2, 8, 1)],
 }
-BACKENDS = {
-    "ddp": ["parallel.backend=ddp"],
-    "zero1": ["parallel.backend=deepspeed", "parallel.zero_stage=1"],
-    "zero3": ["parallel.backend=deepspeed", "parallel.zero_stage=3"],
-}
+BACKENDS = {"ddp": ["parallel.backend=ddp"],
+            **{f"zero{stage}": ["parallel.backend=deepspeed", f"parallel.zero_stage={stage}"]
+               for stage in (0, 1, 2, 3)}}
 REL = 1e-6
 
 
@@ -117,8 +116,10 @@ def _one_step_gradients(rank, world, dataset, run_root):
                         captured.update(gather_tp_state(engine.module, state.tp_group, tensor_of=full))
                     return step()
                 engine.step = capture_then_step
-                trainer.train_step()
-                out[(kind, label, backend)] = dict(init=init, grad=captured, model=cfg.model)
+                sums, grad_norm = trainer.train_step()
+                trainer._window, trainer._window_steps = sums, 1  # as fit() hands them to the log
+                logged = trainer._log_train(grad_norm)["loss"]
+                out[(kind, label, backend)] = dict(init=init, grad=captured, model=cfg.model, logged=logged)
     return out
 
 
@@ -134,8 +135,9 @@ def _reference_gradient(kind: str, run: dict) -> dict:
     mask = batch["loss_mask"].reshape(-1).float()
     per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1).clamp_min(0),
                                 reduction="none")
-    ((per_token * mask).sum() / mask.sum()).backward()
-    return {name: p.grad for name, p in model.named_parameters()}
+    loss = (per_token * mask).sum() / mask.sum()
+    loss.backward()
+    return float(loss), {name: p.grad for name, p in model.named_parameters()}
 
 
 def _relative_error(grad: dict, ref: dict) -> float:
@@ -152,14 +154,16 @@ def test_one_step_gradient_is_the_global_token_mean_at_every_layout(synthetic_da
     failures = []
     for kind in KINDS:
         first = runs[(kind, LAYOUTS[1][0][0], "ddp")]
-        ref = _reference_gradient(kind, first)
+        ref_loss, ref = _reference_gradient(kind, first)
         assert min(float(g.norm()) for g in ref.values() if g.dim() == 2) > 0
         for (k, label, backend), run in runs.items():
             if k != kind:
                 continue
             assert all(torch.equal(run["init"][n], first["init"][n]) for n in first["init"]), (kind, label, backend)
             rel = _relative_error(run["grad"], ref)
-            print(f"{kind:>10} | {label:>14} | {backend:>5} | gradient rel. error {rel:.1e}")
-            if not rel < REL:
-                failures.append(f"{kind}, {label}, {backend}: {rel:.2e}")
-    assert not failures, f"gradient differs from the global token mean by more than {REL} (relative): {failures}"
+            loss_rel = abs(run["logged"] - ref_loss) / ref_loss
+            print(f"{kind:>10} | {label:>14} | {backend:>5} | gradient rel. error {rel:.1e} | "
+                  f"logged loss rel. error {loss_rel:.1e}")
+            if not (rel < REL and loss_rel < REL):
+                failures.append(f"{kind}, {label}, {backend}: gradient {rel:.2e}, logged loss {loss_rel:.2e}")
+    assert not failures, f"differs from the global token mean by more than {REL} (relative): {failures}"
