@@ -21,12 +21,16 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from helm_scale.config_io import ConfigError, save_config
 from helm_scale.losses import check_targets_in_vocabulary, global_token_count
 from helm_scale.train_config import TrainConfig, load_train_config
+
+if TYPE_CHECKING:  # the parallel package imports megatron-core: only when training starts
+    from helm_scale.parallel import StepResult
 
 
 def lr_at(step: int, peak: float, cfg) -> float:
@@ -61,7 +65,7 @@ def _add(total: dict, sums: dict) -> None:
 
 
 def optimizer_step(engine, loss_fn, batches: list[dict], state, pack: bool, objective: str,
-                   pad_id: int) -> tuple[dict, object]:
+                   pad_id: int) -> tuple[dict, StepResult]:
     """One optimizer step over this rank's micro-batches (on the device, targets checked).
 
     The objective is the mean over every loss-bearing token of the global batch (all
@@ -140,9 +144,13 @@ class Trainer:
             self.loader.load_state_dict(meta["loader"])
             self.step = self.saved_step = meta["step"]
             self.input_tokens = meta["trainer"]["input_tokens"]
-            self._window = {k: torch.as_tensor(v, device=self.state.device)
-                            for k, v in rank_extra.get("window", {}).items()}
-            self._window_steps = rank_extra.get("window_steps", 0)
+            # A checkpoint from before the window counted its steps holds per-micro-batch
+            # sums without the objective: its partial window is dropped (the next log line
+            # covers the steps after the resume only).
+            if "window_steps" in rank_extra:
+                self._window = {k: torch.as_tensor(v, device=self.state.device)
+                                for k, v in rank_extra["window"].items()}
+                self._window_steps = rank_extra["window_steps"]
         if self.state.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
 
@@ -171,8 +179,8 @@ class Trainer:
         return reduce_metric_sums({k: torch.as_tensor(v, dtype=torch.float64, device=self.state.device)
                                    for k, v in sums.items()}, self.state.dp_group)
 
-    def train_step(self) -> tuple[dict, object]:
-        """One optimizer step; returns its device sums and the engine's StepResult."""
+    def train_step(self) -> tuple[dict, torch.Tensor | float | None]:
+        """One optimizer step; returns its device sums and the gradient norm (see optimizer_step)."""
         cfg = self.cfg
         self.engine.set_lr(lr_at(self.step, cfg.optim.lr, cfg.schedule))
         self.engine.train()
