@@ -167,3 +167,60 @@ def test_one_step_gradient_is_the_global_token_mean_at_every_layout(synthetic_da
             if not (rel < REL and loss_rel < REL):
                 failures.append(f"{kind}, {label}, {backend}: gradient {rel:.2e}, logged loss {loss_rel:.2e}")
     assert not failures, f"differs from the global token mean by more than {REL} (relative): {failures}"
+
+
+# ---------------------------------------------------------------- no device reads per micro-batch
+def _reads_per_micro_batch(rank, world):
+    """Host reads of tensor values (item, bool, int, float, tolist, numpy) during a step of 4
+    micro-batches, after a first step has built the loss's cached tables: those inside
+    the optimizer update at the boundary, and all the others."""
+    import warnings
+    warnings.filterwarnings("ignore")
+    from torch.overrides import TorchFunctionMode
+
+    from helm_scale.losses import LossConfig, build_loss
+    from helm_scale.model import HelmTransformer, ModelConfig
+    from helm_scale.parallel import OptimizerConfig, ParallelConfig, build_engine, init_parallel
+    from helm_scale.trainer import optimizer_step
+    reads = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
+             torch.Tensor.tolist, torch.Tensor.numpy}
+
+    class CountReads(TorchFunctionMode):
+        count = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.count += func in reads
+            return func(*args, **(kwargs or {}))
+
+    batches = [{k: v[2 * m:2 * m + 2] for k, v in global_batch("packed").items()} for m in range(4)]
+    out = {}
+    for backend, settings in {"ddp": {}, "zero1": dict(backend="deepspeed", zero_stage=1),
+                              "zero3": dict(backend="deepspeed", zero_stage=3)}.items():
+        pcfg = ParallelConfig(accumulation_steps=4, **settings)
+        state = init_parallel(pcfg)
+        model_cfg = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_heads=4, max_seq_len=SEQ)
+        engine = build_engine(HelmTransformer(model_cfg), OptimizerConfig(), pcfg, state)
+        loss_fn = build_loss(LossConfig(), VOCAB, model_cfg.padded_vocab_size)
+        optimizer_step(engine, loss_fn, batches, state, True, "clm", VOCAB.pad_id)
+        step, in_update = engine.step, []
+
+        def counted_step():
+            before, result = mode.count, step()
+            if result.stepped:
+                in_update.append(mode.count - before)
+            return result
+        engine.step = counted_step
+        with CountReads() as mode:
+            optimizer_step(engine, loss_fn, batches, state, True, "clm", VOCAB.pad_id)
+        out[backend] = (mode.count - sum(in_update), sum(in_update))
+    return out
+
+
+@pytest.mark.slow
+def test_micro_batches_never_read_a_tensor_value():
+    """On a GPU every such read would stall the host until the device caught up. On this
+    CPU-only check any read counts, so it is stricter than needed there."""
+    for backend, (elsewhere, in_update) in run_ranks(_reads_per_micro_batch, 1)[0].items():
+        print(f"{backend}: tensor reads per step of 4 micro-batches: {elsewhere} outside the optimizer "
+              f"update, {in_update} in it (the optimizers' own, e.g. AdamW's host step counters)")
+        assert elsewhere == 0, backend
