@@ -68,6 +68,7 @@ def _ours(cfg, batches, device, bf16, recompute, compile_blocks, pack):
     vocab = Vocabulary.default()
     loss_fn = build_loss(LossConfig(name="hxe", overwrite_logits=True), vocab, cfg.padded_vocab_size)
     turns, objective = itertools.cycle(batches), "clm" if cfg.attention == "causal" else "mlm"
+    pack = pack and "segment_ids" in batches[0]  # synthetic rows: one full sequence each
 
     def step():  # the trainer's own step (global token count, loss sums), one micro-batch
         optimizer_step(engine, loss_fn, [next(turns)], state, pack, objective, vocab.pad_id)
