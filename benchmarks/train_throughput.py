@@ -66,23 +66,19 @@ def _ours(cfg, batches, device, bf16, recompute, compile_blocks, pack):
     from helm_scale.losses import LossConfig, build_loss
     from helm_scale.model import build_model
     from helm_scale.parallel import OptimizerConfig, ParallelConfig, build_engine, init_parallel
-    from helm_scale.trainer import model_inputs
+    from helm_scale.trainer import optimizer_step
     pcfg = ParallelConfig(backend="deepspeed" if bf16 and device.type == "cpu" else "ddp",
                           precision="bf16" if bf16 else "fp32", activation_checkpointing=recompute,
                           compile=compile_blocks)
     state = init_parallel(pcfg)
     engine = build_engine(build_model(cfg), OptimizerConfig(lr=1e-4), pcfg, state)
-    loss_fn = build_loss(LossConfig(name="hxe", overwrite_logits=True), Vocabulary.default(),
-                         cfg.padded_vocab_size)
+    vocab = Vocabulary.default()
+    loss_fn = build_loss(LossConfig(name="hxe", overwrite_logits=True), vocab, cfg.padded_vocab_size)
     turns, objective = itertools.cycle(batches), "clm" if cfg.attention == "causal" else "mlm"
+    pack = pack and "segment_ids" in batches[0]  # synthetic rows: one full sequence each
 
-    def step():
-        batch = next(turns)
-        logits = engine(**(model_inputs(batch, pack, objective) if "segment_ids" in batch
-                           else {"input_ids": batch["input_ids"]}))
-        out = loss_fn(logits.float() if bf16 else logits, batch["labels"], batch["loss_mask"])
-        engine.backward(out.loss)
-        engine.step()
+    def step():  # the trainer's own step (global token count, loss sums), one micro-batch
+        optimizer_step(engine, loss_fn, [next(turns)], state, pack, objective, vocab.pad_id)
 
     labels, mask = batches[0]["labels"], batches[0]["loss_mask"]
     logits = torch.randn(*labels.shape, cfg.padded_vocab_size, device=device) * 3

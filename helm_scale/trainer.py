@@ -21,11 +21,16 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from helm_scale.config_io import ConfigError, save_config
+from helm_scale.losses import check_targets_in_vocabulary, global_token_count
 from helm_scale.train_config import TrainConfig, load_train_config
+
+if TYPE_CHECKING:  # the parallel package imports megatron-core: only when training starts
+    from helm_scale.parallel import StepResult
 
 
 def lr_at(step: int, peak: float, cfg) -> float:
@@ -40,11 +45,12 @@ def lr_at(step: int, peak: float, cfg) -> float:
 def model_inputs(batch: dict, pack: bool, objective: str) -> dict:
     """Only what the attention needs: packed rows need segments; padded CLM rows need
     nothing (causal attention never reaches the right padding, and SDPA keeps its flash
-    kernels); padded MLM rows hide their padding."""
-    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    kernels); padded MLM rows hide their padding. A batch without position or segment ids
+    (full rows of one sequence each, as benchmarks make) gets default positions, no mask."""
+    inputs = {"input_ids": batch["input_ids"], "position_ids": batch.get("position_ids")}
     if pack:
         inputs["segment_ids"] = batch["segment_ids"]
-    elif objective == "mlm":
+    elif objective == "mlm" and "segment_ids" in batch:
         inputs["padding_mask"] = batch["segment_ids"] == 0
     return inputs
 
@@ -56,6 +62,40 @@ def _to(batch: dict, device) -> dict:
 def _add(total: dict, sums: dict) -> None:
     for k, v in sums.items():
         total[k] = total.get(k, 0.0) + v.double()
+
+
+def optimizer_step(engine, loss_fn, batches: list[dict], state, pack: bool, objective: str,
+                   pad_id: int) -> tuple[dict, StepResult]:
+    """One optimizer step over this rank's micro-batches (on the device, targets checked).
+
+    The objective is the mean over every loss-bearing token of the global batch (all
+    micro-batches of all data-parallel ranks), as in Megatron-LM and torchtitan: each
+    micro-batch contributes its loss sum over that global count, so a token weighs the same
+    whatever micro-batch, rank or layout it lands in. The count needs every micro-batch of
+    the step before the first backward: the caller hands them over together (a few KB of
+    token ids each). Rescaling the accumulated gradients at the boundary instead would touch
+    every gradient once more, after DDP's and ZeRO's bucketed reductions have run.
+    Nothing here reads the device: the count is one all-reduce over DP, and the returned
+    sums ("objective": this rank's share of the step objective, summing to it over DP;
+    "input_tokens"; the loss's diagnostic sums) stay on the device until logged.
+    Returns (sums, the engine's StepResult of the window's last micro-batch).
+    """
+    tokens = global_token_count([b["loss_mask"] for b in batches], state.dp_group)
+    share = 1.0 / tokens.clamp_min(1.0)  # no target token anywhere: zero loss and gradient
+    sums = {}
+    for batch in batches:
+        logits = engine(**model_inputs(batch, pack, objective))
+        out = loss_fn(logits, batch["labels"], batch["loss_mask"], group=state.loss_group,
+                      check_targets=False)
+        engine.backward(out.loss_sum * share.to(out.loss_sum.dtype))
+        # Called after every micro-batch (DeepSpeed counts its accumulation window in
+        # step()); only the window's last call updates the weights.
+        result = engine.step()
+        _add(sums, {**out.sums, "objective": out.sums["loss"] * share,
+                    "input_tokens": (batch["input_ids"] != pad_id).sum()})
+    if not result.stepped:
+        raise RuntimeError("the engine must step once per accumulation window")
+    return sums, result
 
 
 class Trainer:
@@ -95,7 +135,8 @@ class Trainer:
             mask_replace_ratios=tuple(d.mask_replace_ratios), num_workers=d.num_workers)
         self.loader = build_loader(self.loader_cfg, self.state.dp_rank, self.state.dp_size)
         self.step, self.input_tokens, self.saved_step = 0, 0, None
-        self._batches, self._window, self._data_seconds = None, {}, 0.0
+        # The log window: device sums since the last log line, and its number of steps.
+        self._batches, self._window, self._window_steps, self._data_seconds = None, {}, 0, 0.0
         if point is not None and point.step >= cfg.schedule.max_steps:
             self.step = point.step  # finished: fit() says so, nothing to load
         elif point is not None:
@@ -103,7 +144,13 @@ class Trainer:
             self.loader.load_state_dict(meta["loader"])
             self.step = self.saved_step = meta["step"]
             self.input_tokens = meta["trainer"]["input_tokens"]
-            self._window = rank_extra.get("window", {})
+            # A checkpoint from before the window counted its steps holds per-micro-batch
+            # sums without the objective: its partial window is dropped (the next log line
+            # covers the steps after the resume only).
+            if "window_steps" in rank_extra:
+                self._window = {k: torch.as_tensor(v, device=self.state.device)
+                                for k, v in rank_extra["window"].items()}
+                self._window_steps = rank_extra["window_steps"]
         if self.state.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
 
@@ -116,9 +163,13 @@ class Trainer:
                 if self._batches is None:
                     self._batches = iter(self.loader)
                 try:
-                    return _to(next(self._batches), self.state.device)
+                    batch = next(self._batches)
                 except StopIteration:
                     self._batches = None
+                    continue
+                # On the host, where it costs no device sync (the loss's own check would).
+                check_targets_in_vocabulary(batch["labels"], batch["loss_mask"], len(self.vocab))
+                return _to(batch, self.state.device)
         finally:
             self._data_seconds += time.perf_counter() - started
         raise RuntimeError("the training split yields no batch: it is smaller than one global batch")
@@ -128,23 +179,17 @@ class Trainer:
         return reduce_metric_sums({k: torch.as_tensor(v, dtype=torch.float64, device=self.state.device)
                                    for k, v in sums.items()}, self.state.dp_group)
 
-    def train_step(self) -> tuple[dict, float | None]:
-        cfg, sums = self.cfg, {}
+    def train_step(self) -> tuple[dict, torch.Tensor | float | None]:
+        """One optimizer step; returns its device sums and the gradient norm (see optimizer_step)."""
+        cfg = self.cfg
         self.engine.set_lr(lr_at(self.step, cfg.optim.lr, cfg.schedule))
         self.engine.train()
-        for _ in range(cfg.parallel.accumulation_steps):
-            batch = self._next_batch()
-            logits = self.engine(**model_inputs(batch, cfg.data.pack, cfg.data.objective))
-            out = self.loss_fn(logits, batch["labels"], batch["loss_mask"], group=self.state.loss_group)
-            self.engine.backward(out.loss)
-            # Called after every micro-batch (DeepSpeed counts its accumulation window in
-            # step()); only the window's last call updates the weights.
-            stepped, grad_norm = self.engine.step()
-            _add(sums, out.sums)
-            sums["input_tokens"] = sums.get("input_tokens", 0.0) + float((batch["input_ids"] != self.vocab.pad_id).sum())
-        assert stepped, "the engine must step once per accumulation window"
+        # The whole step's micro-batches first: the objective's denominator counts them all.
+        batches = [self._next_batch() for _ in range(cfg.parallel.accumulation_steps)]
+        sums, result = optimizer_step(self.engine, self.loss_fn, batches, self.state, cfg.data.pack,
+                                      cfg.data.objective, self.vocab.pad_id)
         self.step += 1
-        return sums, grad_norm
+        return sums, result.grad_norm
 
     @torch.no_grad()
     def evaluate(self) -> dict | None:
@@ -181,7 +226,8 @@ class Trainer:
     def save(self) -> None:
         """Collective: a checkpoint of this step (see helm_scale.checkpoint)."""
         self.checkpointer.save(self.step, self.engine, self.loader.state_dict(),
-                               {"input_tokens": self.input_tokens}, {"window": self._window})
+                               {"input_tokens": self.input_tokens},
+                               {"window": self._window, "window_steps": self._window_steps})
         self.saved_step = self.step
 
     def _log_train(self, grad_norm) -> dict:
@@ -190,12 +236,15 @@ class Trainer:
         reduced = self._reduce(self._window)
         self.input_tokens += int(reduced["input_tokens"])
         metrics = {k: float(v) for k, v in metric_means(reduced).items()}
+        # The optimised objective: per step the token mean over its global batch, averaged
+        # over the window's steps (accuracies and level terms stay token means over the window).
+        metrics["loss"] = float(reduced["objective"]) / self._window_steps
         metrics.update(self.log.throughput(self.input_tokens, self._data_seconds),
                        lr=lr_at(self.step - 1, cfg.optim.lr, cfg.schedule),
                        grad_norm=float("nan") if grad_norm is None else float(grad_norm))
         self.log.train_line(self.step, cfg.schedule.max_steps, metrics)
         self.log.scalars("train", metrics, self.step)
-        self._window, self._data_seconds = {}, 0.0
+        self._window, self._window_steps, self._data_seconds = {}, 0, 0.0
         return metrics
 
     def fit(self) -> dict:
@@ -214,11 +263,12 @@ class Trainer:
                       f"TP {self.state.tp_size} x DP {dp} | {cfg.parallel.backend} zero {cfg.parallel.zero_stage} | "
                       f"global batch {gb} rows | {self.loader.steps_per_epoch:,} micro-steps per epoch"
                       + (f" | resuming at step {self.step}" if self.step else ""))
-        on_signal = SaveOnSignal(self.state.device)
+        on_signal = SaveOnSignal()
         last_train, last_eval, signum = {}, None, 0
         while self.step < max_steps:
             sums, grad_norm = self.train_step()
-            _add(self._window, {k: torch.as_tensor(v) for k, v in sums.items()})
+            _add(self._window, sums)
+            self._window_steps += 1
             if self.step % cfg.run.log_interval == 0 or self.step == max_steps:
                 last_train = self._log_train(grad_norm)
             if (cfg.run.eval_interval and self.step % cfg.run.eval_interval == 0) or self.step == max_steps:
@@ -229,6 +279,10 @@ class Trainer:
             interval = cfg.run.checkpoint_interval
             if (interval and self.step % interval == 0) or self.step == max_steps:
                 self.save()
+            # Every step: a signal reaches the ranks at different steps, and a checkpoint is
+            # collective, so all ranks must agree on the step that saves. It costs one 4-byte
+            # all-reduce on the host (gloo; see SaveOnSignal): a network round trip, no
+            # device sync, so the device keeps the queued work of this step.
             signum = on_signal.agreed()
             if signum:
                 if self.saved_step != self.step:

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from helm_scale.codon import Vocabulary
-from helm_scale.losses import LossConfig, build_loss
+from helm_scale.losses import LossConfig, build_loss, global_token_count
 from helm_scale.model import HelmTransformer, ModelConfig, pad_vocab
 from helm_scale.parallel import OptimizerConfig, ParallelConfig, build_engine, init_parallel
 from tests.dist_utils import run_ranks
@@ -70,20 +70,23 @@ def train(model_cfg: ModelConfig, pcfg: ParallelConfig, *, packed=False, padded=
     out = dict(init=engine.full_state_dict(), losses=[], norms=[], stepped=[])
     for step in range(steps):
         engine.set_lr(LR[step])
-        loss_sum = torch.zeros(())
-        for micro in range(pcfg.accumulation_steps):
-            batch = {k: (v[rows].to(state.device) if v is not None else None)
-                     for k, v in make_batch(step, micro, packed, padded).items()}
+        objective = torch.zeros((), dtype=torch.float64)
+        batches = [{k: (v[rows].to(state.device) if v is not None else None)
+                    for k, v in make_batch(step, micro, packed, padded).items()}
+                   for micro in range(pcfg.accumulation_steps)]
+        tokens = global_token_count([b["loss_mask"] for b in batches], state.dp_group)
+        for batch in batches:  # the step objective: the token mean over the global batch
             logits = engine(batch["input_ids"], batch["position_ids"], batch["segment_ids"],
                             batch["padding_mask"])
             result = loss_fn(logits, batch["targets"], batch["loss_mask"], group=state.loss_group)
-            engine.backward(result.loss)
+            share = result.loss_sum / tokens.float()
+            engine.backward(share)
             stepped, norm = engine.step()
             out["stepped"].append(stepped)
-            loss_sum += result.loss.detach().float().cpu()
-        dist.all_reduce(loss_sum, group=state.dp_group)
-        out["losses"].append(loss_sum.item() / (state.dp_size * pcfg.accumulation_steps))
-        out["norms"].append(norm)
+            objective += share.detach().double().cpu()
+        dist.all_reduce(objective, group=state.dp_group)
+        out["losses"].append(objective.item())
+        out["norms"].append(None if norm is None else float(norm))
     out["final"] = engine.full_state_dict()
     return out
 

@@ -2,7 +2,7 @@
 
   Checkpointer(cfg, state, report)   find() / check_resumable(point) / load(point, engine) / save(...)
   ResumePoint, ResumeError
-  SaveOnSignal(device)               SIGTERM / SIGUSR1 -> save at the step boundary, then exit
+  SaveOnSignal()                     SIGTERM / SIGUSR1 -> save at the step boundary, then exit
   CheckpointStore(root)              the directories: commit, latest, verify, prune
   full_weights(checkpoint_dir)       full fp32 weights in one process (for export)
 """

@@ -15,8 +15,11 @@ Call contract: ``loss_fn(logits_shard, targets, loss_mask, group=None) -> LossOu
 bf16 or fp64; fp32 or better inside); ``targets`` global ids; ``loss_mask`` 0/1 (or
 fractional weights), zero at padding and non-target positions, whose targets may hold
 anything (-100, pad ids). A non-masked target outside the real vocabulary raises (this
-check syncs with the device once per call). The loss is the mask-weighted mean over
-target tokens; a batch with no target token gives 0 with a graph and zero gradients.
+check syncs with the device once per call; ``check_targets=False`` skips it for callers
+that checked the batch on the host, see :func:`check_targets`). ``loss`` is the
+mask-weighted mean over target tokens, ``loss_sum`` the sum that mean divides (what a
+trainer normalises by the global batch's token count); a batch with no target token gives
+0 with a graph and zero gradients.
 Padding entries of the vocabulary take part in the softmax (as in megatron-core's
 cross-entropy) but belong to no group.
 """
@@ -144,7 +147,7 @@ class HierarchicalLoss(nn.Module):
         return self._shards[key]
 
     def forward(self, logits_shard: torch.Tensor, targets: torch.Tensor,
-                loss_mask: torch.Tensor, group=None) -> LossOutput:
+                loss_mask: torch.Tensor, group=None, check_targets: bool = True) -> LossOutput:
         tp = 1 if group is None else dist.get_world_size(group)
         rank = 0 if group is None else dist.get_rank(group)
         v_local = logits_shard.shape[-1]
@@ -159,9 +162,8 @@ class HierarchicalLoss(nn.Module):
         tab = self._tables(logits_shard.device, compute)
         mask = loss_mask.reshape(-1).to(compute)
         flat_targets = targets.reshape(-1).long()
-        out_of_range = (mask != 0) & ((flat_targets < 0) | (flat_targets >= self.vocab_size))
-        if bool(out_of_range.any()):
-            raise ValueError("a target outside the real vocabulary is not masked out")
+        if check_targets:
+            check_targets_in_vocabulary(flat_targets, mask, self.vocab_size)
         safe = torch.where(mask != 0, flat_targets, torch.zeros_like(flat_targets))
 
         shard = self._shard(tab, logits_shard.device, compute, rank, v_local)
@@ -177,10 +179,11 @@ class HierarchicalLoss(nn.Module):
             self.reusable_backward)
 
         tokens = mask.sum()
-        loss = per_token.sum() / tokens.clamp_min(1.0)  # all-masked batch: 0, graph kept
+        loss_sum = per_token.sum()
+        loss = loss_sum / tokens.clamp_min(1.0)  # all-masked batch: 0, graph kept
         sums = self._metric_sums(per_token.detach(), log_prob_path, exact, synonym, safe,
                                  mask, tokens, tab)
-        return LossOutput(loss=loss, metrics=metric_means(sums), sums=sums)
+        return LossOutput(loss=loss, metrics=metric_means(sums), sums=sums, loss_sum=loss_sum)
 
     def _metric_sums(self, per_token, log_prob_path, exact, synonym, targets, mask, tokens,
                      tab) -> dict[str, torch.Tensor]:
@@ -201,6 +204,14 @@ class HierarchicalLoss(nn.Module):
         for depth in range(1, h + 1):
             sums[f"level{depth}_term"] = diagnostics[depth]
         return {k: v.detach() for k, v in sums.items()}
+
+
+def check_targets_in_vocabulary(targets: torch.Tensor, loss_mask: torch.Tensor, vocab_size: int) -> None:
+    """Raise if a target that carries loss lies outside the real vocabulary. Reads one
+    flag: a device sync when the tensors live on an accelerator, free on host tensors."""
+    bad = (loss_mask != 0) & ((targets < 0) | (targets >= vocab_size))
+    if bool(bad.any()):
+        raise ValueError("a target outside the real vocabulary is not masked out")
 
 
 def _diagnostic_weights(tab: T.TreeTables, lambdas: np.ndarray,

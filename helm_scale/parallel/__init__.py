@@ -2,7 +2,8 @@
 
   init_parallel(cfg: ParallelConfig) -> ParallelState
   build_engine(model, optim_cfg: OptimizerConfig, cfg: ParallelConfig, state) -> Engine
-  Engine: __call__(...) -> logits_shard, backward(loss), step() -> StepResult(stepped, grad_norm),
+  Engine: __call__(...) -> logits_shard, backward(share of the step objective; see engine.py),
+          step() -> StepResult(stepped, grad_norm),
           zero_grad(), set_lr(lr), train()/eval(), full_state_dict(); attributes module,
           optimizer (torch), ds_engine (DeepSpeed engine or None), micro_steps
   build_param_groups(model, optim_cfg), clip_grad_norm_tp(params, max_norm, tp_group)

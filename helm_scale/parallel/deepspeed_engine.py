@@ -97,7 +97,15 @@ class DeepSpeedEngine(Engine):
         return self.ds_engine(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.ds_engine.backward(loss)  # scales by 1 / accumulation_steps itself
+        # The loss is already this micro-batch's share of the step objective (engine.py):
+        # scale_wrt_gas=False stops DeepSpeed dividing it by gradient_accumulation_steps,
+        # and times dp_size undoes the mean its gradient reduction takes over the DP ranks
+        # (ZeRO 0: engine.allreduce_bucket; 1/2: average_tensor; 3:
+        # __avg_scatter_contiguous_grads; each divides by the DP world size). The config's
+        # "gradient_allreduce_op": "sum" would say so directly, but DeepSpeed 0.19 refuses
+        # it for ZeRO-3, and one way for every stage is simpler. tests/test_token_mean.py
+        # checks every stage against a hand-computed token mean.
+        self.ds_engine.backward(loss * self.state.dp_size, scale_wrt_gas=False)
         self.micro_steps += 1
 
     def step(self) -> StepResult:
@@ -112,7 +120,7 @@ class DeepSpeedEngine(Engine):
             return StepResult(False, None)
         if norm is None:
             norm = self.ds_engine.get_global_grad_norm()
-        return StepResult(True, None if norm is None else float(norm))
+        return StepResult(True, norm)
 
     def zero_grad(self) -> None:
         self.ds_engine.zero_grad()

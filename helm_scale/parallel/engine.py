@@ -1,15 +1,23 @@
 """One training-step interface over DDP (+ megatron TP) and DeepSpeed (ZeRO 0-3, + TP).
 
     engine = build_engine(model, OptimizerConfig(...), parallel_cfg, state)
-    for micro_batch in ...:                       # accumulation_steps per optimizer step
+    tokens = global_token_count([b["loss_mask"] for b in step_batches], state.dp_group)
+    for micro_batch in step_batches:              # accumulation_steps per optimizer step
         logits = engine(input_ids, position_ids, segment_ids)  # precision context applied
         out = loss_fn(logits, targets, loss_mask, group=state.loss_group)
-        engine.backward(out.loss)                 # micro-batch mean; the engine divides by accumulation
+        engine.backward(out.loss_sum / tokens)    # this micro-batch's share of the step objective
         stepped, grad_norm = engine.step()        # steps (and zeroes grads) only at the boundary
+
+``backward(share)``: the step's objective is the sum of the shares over the accumulation
+window's micro-batches and the data-parallel ranks, and the gradient the step applies is
+that sum's gradient. DDP and DeepSpeed both average gradients over the DP ranks and
+DeepSpeed also divides by its accumulation steps; the engines undo both, so that any
+normalisation is the caller's (helm_scale.trainer: the token mean over the global batch).
 
 Engine attributes: module (the plain model, for eval and checkpoints), optimizer (the torch
 optimizer), ds_engine (DeepSpeed engine or None), micro_steps. grad_norm is the global norm
-before clipping, or None when no step was taken (or DeepSpeed did not compute it).
+before clipping (a device tensor or a float: reading a tensor syncs, so read it when
+logging), or None when no step was taken (or DeepSpeed did not compute it).
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ from helm_scale.parallel.weights import gather_tp_state
 
 class StepResult(NamedTuple):
     stepped: bool
-    grad_norm: float | None
+    grad_norm: torch.Tensor | float | None
 
 
 class Engine:
@@ -95,7 +103,10 @@ class DDPEngine(Engine):
             return self.wrapped(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.cfg.accumulation_steps).backward()
+        # DDP's all-reduce averages over the DP ranks; times dp_size makes it the sum of the
+        # ranks' shares (exact for powers of two). torch's DDP has no sum mode short of a
+        # hand-written comm hook, which would also replace its built-in C++ allreduce.
+        (loss * self.state.dp_size).backward()
         self.micro_steps += 1
 
     def step(self) -> StepResult:

@@ -31,9 +31,11 @@ def build_adamw(param_groups: list[dict], cfg: OptimizerConfig) -> torch.optim.A
 
 
 @torch.no_grad()
-def clip_grad_norm_tp(params: list[torch.Tensor], max_norm: float, tp_group) -> float:
+def clip_grad_norm_tp(params: list[torch.Tensor], max_norm: float, tp_group) -> torch.Tensor:
     """Global L2 norm over TP x DP of already data-parallel-reduced gradients; scales the
-    gradients in place when max_norm > 0 and the norm exceeds it. Returns the norm before clipping.
+    gradients in place when max_norm > 0 and the norm exceeds it. Returns the norm before
+    clipping as a 0-d device tensor: reading it syncs with the device, so callers read it
+    only when they log.
 
     Written here rather than megatron's get_grad_norm_fp32 / clip_grad_by_total_norm_fp32
     because those (megatron-core 0.16) allocate with device='cuda' and assert CUDA grads, so
@@ -53,4 +55,4 @@ def clip_grad_norm_tp(params: list[torch.Tensor], max_norm: float, tp_group) -> 
     norm = square_sum.sqrt()
     if max_norm > 0 and grads:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-    return norm.item()
+    return norm

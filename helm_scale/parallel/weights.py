@@ -8,13 +8,15 @@ from torch import nn
 
 
 @torch.no_grad()
-def gather_tp_state(module: nn.Module, tp_group) -> dict[str, torch.Tensor]:
+def gather_tp_state(module: nn.Module, tp_group, tensor_of=None) -> dict[str, torch.Tensor]:
     """Every parameter as a full fp32 CPU tensor, concatenating TP shards along megatron's
-    ``partition_dim``. Collective over the TP group: call it on every TP rank."""
+    ``partition_dim``. Collective over the TP group: call it on every TP rank.
+    ``tensor_of(param)`` picks another tensor of the parameter's shape to gather (e.g. its
+    gradient); by default the parameter itself."""
     tp = dist.get_world_size(tp_group) if tp_group is not None else 1
     out = {}
     for name, param in module.named_parameters():
-        local = param.detach().float()
+        local = (param if tensor_of is None else tensor_of(param)).detach().float()
         if tp > 1 and getattr(param, "tensor_model_parallel", False):
             if getattr(param, "partition_stride", 1) != 1:
                 raise NotImplementedError(f"{name}: strided TP partitions are not gathered here")
