@@ -70,3 +70,18 @@ def test_strided_logits_match_contiguous_and_bf16_buffers_are_never_written(dtyp
                                    atol=1e-6 if dtype == torch.float32 else 1e-3)
         # strided or bf16 logits are cast or copied to a new buffer, never overwritten
         assert torch.equal(z.detach(), before)
+
+
+def test_tied_maxima_count_as_hits_for_both_accuracies():
+    # Without an argmax the hit rules are: exact when the target reaches the row maximum,
+    # synonymous when any entry of the target's class does; so an exact hit is always
+    # a synonymous one, whichever tied entry comes first.
+    leu, leu_synonym, lys = (VOCAB.index[c] for c in ("CTG", "TTA", "AAA"))
+    logits = torch.zeros(3, PADDED)
+    logits[0, [leu_synonym, lys]] = 5.0  # a synonym tied with another class
+    logits[1, [leu, lys]] = 5.0  # the target itself tied with another class
+    logits[2, lys] = 5.0  # another class alone on top
+    targets = torch.full((3,), leu)
+    out = build_loss(LossConfig("hxe"), VOCAB, PADDED)(logits, targets, torch.ones(3))
+    assert float(out.metrics["codon_accuracy"]) == pytest.approx(1 / 3)
+    assert float(out.metrics["synonymous_accuracy"]) == pytest.approx(2 / 3)

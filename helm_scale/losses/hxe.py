@@ -16,15 +16,21 @@ does; with ``overwrite_logits`` and fp32 / fp64 logits that buffer is the caller
 themselves, which the caller must then not read after the call (bf16 / fp16 logits are
 cast to a new fp32 buffer first and never touched).
 
-Passes over the tokens x vocabulary block, forward: max (with argmax, for the synonym
-accuracy), torch's fused softmax (into a new fp32 buffer unless overwriting; its rows
-are rescaled to the global max through tokens-sized factors), each group's sum
-over its own leaves (one index_add over the grouped run; the padding only adds to the
-row total); backward: one multiply by the expanded coefficients (in cache-sized row
-chunks, a broadcast over the padding) and the target's own term. Everything else is
-tokens x groups or smaller, through the 0/1 group closure matrix: path masses add, for
-the few groups with groups under them, one tokens x G by G x internal product; the
-backward's per-group coefficients are one embedding_bag of closure rows.
+Passes over the tokens x vocabulary block, forward: the row maximum (amax, no argmax:
+the synonym hit compares the target class's own maximum, a tokens x class-size gather,
+with the global one), torch's fused softmax (into a new fp32 buffer unless overwriting),
+its row maximum (the local scale that rescales rows to the global max through
+tokens-sized factors), each group's sum over its own leaves (one index_add over the
+grouped run; the padding only adds to the row total); backward: one multiply by the
+expanded coefficients (in cache-sized row chunks, a broadcast over the padding) and the
+target's own term. Everything else is tokens x groups or smaller, through the 0/1 group
+closure matrix: path masses add, for the few groups with groups under them, one tokens x
+G by G x internal product; the backward's per-group coefficients are one embedding_bag
+of closure rows.
+
+Ties: a token counts as an exact hit when its target reaches the row maximum and as a
+synonym hit when any entry of the target's class does (so an exact hit is always a
+synonym hit); with distinct logits that is the argmax's verdict.
 """
 from __future__ import annotations
 
@@ -54,6 +60,7 @@ class ShardTables:
     # padding run is kept out of it.
     grouped_start: int = 0
     grouped_end: int = 0
+    num_classes: int = 0  # synonym classes over the whole vocabulary (0: this slice's)
 
     def __post_init__(self):
         # closure[g, h] = 1 where group g is h or lies under h (sink: only itself): the
@@ -68,15 +75,16 @@ class ShardTables:
         strict = closure - torch.eye(closure.shape[0], dtype=closure.dtype,
                                      device=closure.device)
         internal = torch.nonzero(strict.sum(0)).flatten()
-        slot = torch.zeros(closure.shape[0], dtype=torch.long, device=closure.device)
-        slot[internal] = torch.arange(1, internal.numel() + 1, device=closure.device)
         object.__setattr__(self, "_cache", {})
         # One more row of ones (column G+1 of a bag) adds a per-token constant to every
         # group: the softmax term of the backward coefficients rides in the same bag.
         object.__setattr__(self, "_closure_rows", torch.cat(
             [closure.T, torch.ones_like(closure[:1])]))
         object.__setattr__(self, "_internal_rows", strict[:, internal].T)
-        object.__setattr__(self, "internal_slot", slot)  # group -> 1 + its internal index
+        object.__setattr__(self, "internal_groups", internal)
+        members, has_local = _class_members(self.token_class, self.num_classes)
+        object.__setattr__(self, "class_members", members)
+        object.__setattr__(self, "class_has_local", has_local)
 
     def _as(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         key = (name, dtype)
@@ -91,6 +99,23 @@ class ShardTables:
     def internal_rows(self, dtype: torch.dtype) -> torch.Tensor:
         """[internal groups, G+1]: 1 where a group lies strictly under an internal one."""
         return self._as("_internal_rows", dtype)
+
+
+def _class_members(token_class: torch.Tensor, num_classes: int):
+    """([classes, K] long, [classes] bool): each synonym class's columns in this slice,
+    padded by repeating its first one (K = the largest class's count here), and whether
+    the class has any column here at all."""
+    device = token_class.device
+    num_classes = max(num_classes, int(token_class.max()) + 1 if token_class.numel() else 0)
+    columns = [torch.nonzero(token_class == c).flatten() for c in range(num_classes)]
+    width = max([1] + [c.numel() for c in columns])
+    members = torch.zeros(num_classes, width, dtype=torch.long, device=device)
+    for c, cols in enumerate(columns):
+        if cols.numel():
+            members[c] = torch.cat([cols, cols[:1].expand(width - cols.numel())])
+    has_local = torch.tensor([c.numel() > 0 for c in columns], dtype=torch.bool,
+                             device=device)
+    return members, has_local
 
 
 def grouped_range(parent_column: torch.Tensor, sink: int) -> tuple[int, int]:
@@ -129,14 +154,12 @@ def _path_sums(values: torch.Tensor, shard: ShardTables,
         for outside in (values[:, :shard.grouped_start], values[:, shard.grouped_end:]):
             if outside.shape[1]:
                 total += outside.sum(dim=1)
-    sums = own.gather(1, path_columns)
     internal = shard.internal_rows(values.dtype)
     if internal.shape[0]:
         # F.linear (own @ internal.T) takes a faster BLAS path than own @ internal.T
         # materialised: 2.4x on this CPU for a skinny product.
-        below_sums = torch.cat([own.new_zeros(own.shape[0], 1), F.linear(own, internal)], 1)
-        sums += below_sums.gather(1, shard.internal_slot.take(path_columns))
-    return sums, total
+        own = own.index_add(1, shard.internal_groups, F.linear(own, internal))
+    return own.gather(1, path_columns), total
 
 
 def _apply_by_group(block: torch.Tensor, coefficients: torch.Tensor, shard: ShardTables,
@@ -197,17 +220,32 @@ class VocabParallelHXE(torch.autograd.Function):
             # Cast first, as megatron-core does: a same-dtype max and in-place subtract are
             # twice as fast on CPU as mixed bf16 / fp32 elementwise ops.
             z = z.to(compute, memory_format=torch.contiguous_format)
-        local_max, local_arg = z.max(dim=-1)
-        global_max = local_max.clone()
-        if group is not None:
+        # amax, not max(dim): torch's max with indices is ~30x slower on CPU (no vector
+        # kernel), and megatron-core pays it. The argmax is not needed: a prediction is
+        # synonymous iff some maximal entry is in the target's class, i.e. iff the class's
+        # own maximum (a tokens x class-size gather) reaches the global maximum.
+        local_max = z.amax(dim=-1)
+        # One rank (TP = 1) holds every column: no masks for targets or classes elsewhere.
+        split = group is not None and dist.get_world_size(group) > 1
+        global_max = local_max
+        if split:
+            global_max = local_max.clone()
             dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
 
-        local_target = targets - shard.vocab_start
-        is_local = (local_target >= 0) & (local_target < v_local)
-        target_index = local_target.clamp(0, v_local - 1)
+        is_local = None
+        target_index = targets
+        if split:
+            local_target = targets - shard.vocab_start
+            is_local = (local_target >= 0) & (local_target < v_local)
+            target_index = local_target.clamp(0, v_local - 1)
         target_logit = z.gather(1, target_index[:, None]).squeeze(1)
-        target_logit = torch.where(is_local, target_logit, torch.zeros_like(target_logit))
-        synonym_hit = (local_max == global_max) & (shard.token_class[local_arg] == target_class)
+        # the target's place in the (contiguous) buffer that backward turns into the gradient
+        flat_target = torch.arange(0, rows * v_local, v_local, device=z.device) + target_index
+        class_max = z.gather(1, shard.class_members.index_select(0, target_class)).amax(1)
+        synonym_hit = class_max == global_max
+        if split:
+            target_logit = torch.where(is_local, target_logit, torch.zeros_like(target_logit))
+            synonym_hit &= shard.class_has_local.index_select(0, target_class)
 
         owned = in_place or z.dtype != logits.dtype  # a buffer this call may overwrite
         parts = [target_logit[:, None], None, synonym_hit.to(compute)[:, None]]
@@ -219,9 +257,10 @@ class VocabParallelHXE(torch.autograd.Function):
         # as fast on CPU as separate subtract, exp and sum passes; in place on an owned
         # buffer (megatron-style: the logits buffer becomes the softmax buffer).
         work = torch.softmax(z, -1, out=z) if owned else torch.softmax(z, -1)
-        # work = exp(z - local max) / S_local, and exp(0) = 1 at the local argmax, so
-        # e = exp(z - global max) = work * scale with scale = exp(local - global max) * S_local.
-        to_global = (local_max - global_max).exp() / work.gather(1, local_arg[:, None]).squeeze(1)
+        # work = exp(z - local max) / S_local, and exp(0) = 1 at the local argmax, where
+        # work (monotone in z) is largest: e = exp(z - global max) = work * to_global with
+        # to_global = exp(local - global max) * S_local = exp(local - global max) / max work.
+        to_global = (local_max - global_max).exp() / work.amax(dim=-1)
         path_mass, total = _path_sums(work, shard, path_columns)
         path_mass *= to_global[:, None]
         parts[1] = (total * to_global)[:, None]
@@ -229,7 +268,7 @@ class VocabParallelHXE(torch.autograd.Function):
         if soft:
             parts.append(shifted_path)
         packed = torch.cat(parts, dim=1)
-        if group is not None:
+        if split:
             dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
 
         height = path_columns.shape[1]
@@ -251,24 +290,26 @@ class VocabParallelHXE(torch.autograd.Function):
 
         # Backward coefficients, kept at tokens x height: per group g,
         #   multiplier[g] = scale / total - sum_j w_j / P(n_j) [g under n_j]
-        # as one bag (path slots above the leaf, then the every-group row for the
-        # softmax scale), and the leaf's own coefficient; backward expands them.
+        # as one bag (the every-group row for the softmax scale in the leaf's slot, then
+        # the path slots above the leaf), and the leaf's own coefficient; backward
+        # expands them.
         inverse_mass = torch.exp(-log_mass).clamp_max_(1 / tiny)  # contiguous: vectorised
         scale = log_mass_weights.sum(dim=1)
         if soft:
             scale = scale + soft_total
         # The saved buffer holds work = e / to_global: the multiplier carries the factor.
-        bag_weights = torch.cat([-log_mass_weights[:, 1:] * inverse_mass[:, 1:],
-                                 (scale / total)[:, None]], dim=1) * to_global[:, None]
-        bag_columns = torch.cat([path_columns[:, 1:],
-                                 path_columns.new_full((rows, 1), shard.num_groups + 1)], 1)
+        bag_weights = inverse_mass.mul_(log_mass_weights).neg_()
+        bag_weights[:, 0] = scale / total
+        bag_weights *= to_global[:, None]
+        bag_columns = path_columns.clone()
+        bag_columns[:, 0] = shard.num_groups + 1
         leaf = log_mass_weights[:, 0]
         if soft:
             leaf = leaf + logit_sum_weights[:, 0]
         # Save the caller's buffer itself, not a view of it, when it was overwritten: the
         # backward edits it in place.
         ctx.save_for_backward(logits if in_place else work, bag_weights, bag_columns, leaf,
-                              target_index, is_local, logit_sum_weights)
+                              flat_target, is_local, logit_sum_weights)
         ctx.shard = shard  # constant tables, not activations
         ctx.input_shape, ctx.input_dtype, ctx.used = logits.shape, logits.dtype, False
         ctx.reusable = reusable_backward
@@ -284,7 +325,7 @@ class VocabParallelHXE(torch.autograd.Function):
             raise RuntimeError("VocabParallelHXE overwrites its saved softmax in backward; "
                                "a second backward (retain_graph) is not supported")
         ctx.used = True
-        (work, bag_weights, bag_columns, leaf, target_index, is_local,
+        (work, bag_weights, bag_columns, leaf, flat_target, is_local,
          logit_sum_weights) = ctx.saved_tensors
         shard = ctx.shard
         work = work.detach().reshape(-1, work.shape[-1])
@@ -295,7 +336,7 @@ class VocabParallelHXE(torch.autograd.Function):
         multiplier = _down_the_tree(bag_columns, bag_weights * g[:, None], shard)
         addend = None
         if logit_sum_weights is not None:
-            path_columns = bag_columns[:, :-1]
+            path_columns = bag_columns[:, 1:]
             addend = _down_the_tree(path_columns, logit_sum_weights[:, 1:] * g[:, None], shard)
         step = _chunk_rows(rows, cols)
         for start in range(0, rows, step):
@@ -303,9 +344,10 @@ class VocabParallelHXE(torch.autograd.Function):
             _apply_by_group(block, multiplier[start:start + step], shard, "mul_")
             if addend is not None:
                 _apply_by_group(block, addend[start:start + step], shard, "sub_")
-        leaf_grad = torch.where(is_local, leaf * g, torch.zeros_like(g))
+        leaf_grad = leaf * g
+        if is_local is not None:
+            leaf_grad = torch.where(is_local, leaf_grad, torch.zeros_like(g))
         # distinct flat positions: a 1-D index_add is the cheapest scatter on CPU
-        flat_target = torch.arange(0, rows * cols, cols, device=work.device) + target_index
         work.view(-1).index_add_(0, flat_target, leaf_grad, alpha=-1)
         grad = work.view(ctx.input_shape)
         if ctx.input_dtype != work.dtype:

@@ -112,12 +112,10 @@ class HierarchicalLoss(nn.Module):
         host = {
             "parent_column": torch.as_tensor(tab.parent_column),
             "path_columns": torch.as_tensor(tab.path_columns),
-            "path_valid": torch.as_tensor(tab.path_valid),
-            "path_depth": torch.as_tensor(tab.path_depth),
             "token_class": torch.as_tensor(classes),
-            "start_stop": torch.as_tensor(start_stop),
             "log_mass_weights": torch.as_tensor(log_mass_w),
-            "lambdas": torch.as_tensor(T.node_lambdas(tree, cfg.alpha, cfg.normalized)),
+            "diagnostic_weights": torch.as_tensor(_diagnostic_weights(
+                tab, T.node_lambdas(tree, cfg.alpha, cfg.normalized), start_stop)),
         }
         if logit_sum_w is not None:
             host["logit_sum_weights"] = torch.as_tensor(logit_sum_w)
@@ -144,7 +142,8 @@ class HierarchicalLoss(nn.Module):
             self._shards[key] = ShardTables(lo, parent, tab["token_class"][lo:hi],
                                             levels, self.num_groups,
                                             block, block_column,
-                                            *grouped_range(parent, self.num_groups))
+                                            *grouped_range(parent, self.num_groups),
+                                            num_classes=int(tab["token_class"].max()) + 1)
         return self._shards[key]
 
     def forward(self, logits_shard: torch.Tensor, targets: torch.Tensor,
@@ -188,24 +187,22 @@ class HierarchicalLoss(nn.Module):
 
     def _metric_sums(self, per_token, log_prob_path, exact, synonym, targets, mask, tokens,
                      tab) -> dict[str, torch.Tensor]:
-        valid = tab["path_valid"].index_select(0, targets)
-        # log P(n_j | parent) on each slot; the top slot's parent is the root (log 1 = 0).
-        parent_log = torch.cat([log_prob_path[:, 1:], torch.zeros_like(log_prob_path[:, :1])], 1)
-        parent_log = torch.where(torch.roll(valid, -1, 1) & (torch.arange(valid.shape[1],
-                                 device=valid.device) < valid.shape[1] - 1), parent_log, 0.0)
-        lambdas = tab["lambdas"].index_select(0, targets)
-        terms = torch.where(valid, -lambdas * (log_prob_path - parent_log), 0.0)
-        terms = terms * mask[:, None]
-        levels = per_token.new_zeros(self.height + 1).index_add_(
-            0, tab["path_depth"].index_select(0, targets).reshape(-1), terms.reshape(-1))
-        start_stop = tab["start_stop"].index_select(0, targets) * mask
+        # Every diagnostic is linear in per-token values whose weights depend only on the
+        # target: add the values up per target (one index_add), then one product with
+        # the [targets x values, diagnostics] table (see _diagnostic_weights).
+        values = torch.cat([log_prob_path, exact[:, None], synonym[:, None],
+                            torch.ones_like(exact)[:, None]], 1).mul_(mask[:, None])
+        per_target = values.new_zeros(self.vocab_size, values.shape[1]).index_add_(
+            0, targets, values)
+        diagnostics = per_target.view(-1) @ tab["diagnostic_weights"]
+        h = self.height
         sums = {"tokens": tokens, "loss": per_token.sum(),
-                "codon_correct": (exact * mask).sum(),
-                "synonymous_correct": (synonym * mask).sum(),
-                "start_stop_tokens": start_stop.sum(),
-                "start_stop_correct": (synonym * start_stop).sum()}
-        for depth in range(1, self.height + 1):
-            sums[f"level{depth}_term"] = levels[depth]
+                "codon_correct": diagnostics[h + 1],
+                "synonymous_correct": diagnostics[h + 2],
+                "start_stop_tokens": diagnostics[h + 3],
+                "start_stop_correct": diagnostics[h + 4]}
+        for depth in range(1, h + 1):
+            sums[f"level{depth}_term"] = diagnostics[depth]
         return {k: v.detach() for k, v in sums.items()}
 
 
@@ -215,6 +212,34 @@ def check_targets_in_vocabulary(targets: torch.Tensor, loss_mask: torch.Tensor, 
     bad = (loss_mask != 0) & ((targets < 0) | (targets >= vocab_size))
     if bool(bad.any()):
         raise ValueError("a target outside the real vocabulary is not masked out")
+
+
+def _diagnostic_weights(tab: T.TreeTables, lambdas: np.ndarray,
+                        start_stop: np.ndarray) -> np.ndarray:
+    """[V * (H + 3), height + 5]: row (t, k) weighs per-token value k of a token with
+    target t -- k < H: log P(path slot k), then exact hit, synonym hit, 1 -- into
+    columns: the level terms by depth (0..height), codon correct, synonymous correct,
+    start/stop tokens, start/stop correct (synonym hit on a start/stop target).
+
+    Level term of slot j: -lambda_j (log P(n_j) - log P(n_{j+1})) at depth(n_j), the
+    next slot counted only if it holds a node (the top slot's parent is the root,
+    log 1 = 0): so log P(slot k) weighs -lambda_k at depth(n_k) and +lambda_{k-1} at
+    depth(n_{k-1})."""
+    valid, depth = tab.path_valid[:len(lambdas)], tab.path_depth[:len(lambdas)]
+    vocab, height = lambdas.shape
+    levels = height + 1  # depths 0..height, one path slot per level
+    w = np.zeros((vocab, height + 3, levels + 4))
+    rows = np.arange(vocab)
+    for k in range(height):
+        w[rows, k, depth[:, k]] -= np.where(valid[:, k], lambdas[:, k], 0.0)
+        if k:
+            both = valid[:, k - 1] & valid[:, k]
+            w[rows, k, depth[:, k - 1]] += np.where(both, lambdas[:, k - 1], 0.0)
+    w[:, height, levels] = 1.0
+    w[:, height + 1, levels + 1] = 1.0
+    w[:, height + 2, levels + 2] = start_stop
+    w[:, height + 1, levels + 3] = start_stop
+    return w.reshape(vocab * (height + 3), levels + 4)
 
 
 def build_loss(cfg: LossConfig, vocab: Vocabulary, padded_vocab_size: int) -> HierarchicalLoss:
