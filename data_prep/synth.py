@@ -3,8 +3,8 @@
 Each record is ATG, a protein back-translated with the human codon-usage table, and a
 stop codon drawn by stop usage, with a log-normal length like that of real CDSs. The
 proteins come from a few families, so that a language model has something to learn: a
-family is a random consensus protein, a member is a copy of it with substitutions and
-indels. Codons carry a codon-pair preference: after each codon, one synonym of the next
+family is a random consensus protein, a member is its first residues (as many as the
+record's length) with substitutions and indels, so lengths are as without families. Codons carry a codon-pair preference: after each codon, one synonym of the next
 amino acid is preferred, chosen by usage, so the usage stays human on average while the
 next codon depends on the previous one. ``families=0`` gives the unstructured corpus of
 earlier versions (independent random proteins and codons), record for record.
@@ -48,15 +48,14 @@ def _usage(codons) -> np.ndarray:
     return w / w.sum()
 
 
-def _length(rng, median_codons: int, min_codons: int, max_codons: int) -> int:
-    return int(np.clip(rng.lognormal(np.log(median_codons), 0.55), min_codons, max_codons))
-
-
 class _Families:
     """Family consensus proteins and the codon-pair table, drawn once from ``rng``; then
-    ``body(rng)`` draws one member, back-translated, as indices into SENSE_CODONS."""
+    ``body(rng, length)`` draws one member, back-translated, as indices into SENSE_CODONS."""
 
-    def __init__(self, rng, n_families: int, lengths: tuple[int, int, int], mutation_rate: float,
+    # Residues read past a member's length, so that its deletions rarely leave it short.
+    DELETION_MARGIN = 32
+
+    def __init__(self, rng, n_families: int, max_length: int, mutation_rate: float,
                  indel_rate: float, pair_bias: float):
         sense_p = _usage(SENSE_CODONS)
         self.amino_acid_of = np.array([AMINO_ACIDS.index(GENETIC_CODE[c]) for c in SENSE_CODONS])
@@ -69,8 +68,7 @@ class _Families:
             codons = np.flatnonzero(self.amino_acid_of == a)
             self.synonyms[a, :len(codons)] = codons
             self.cumulative[a, :len(codons)] = np.cumsum(sense_p[codons] / sense_p[codons].sum())
-        self.min_length, self.max_length = lengths[1] - 2, lengths[2] - 2
-        self.consensus = [rng.choice(len(AMINO_ACIDS), size=_length(rng, *lengths) - 2, p=self.amino_acid_p)
+        self.consensus = [rng.choice(len(AMINO_ACIDS), size=max_length + self.DELETION_MARGIN, p=self.amino_acid_p)
                           for _ in range(n_families)]
         # preferred[previous codon][amino acid]: a synonym drawn by usage, so that over all
         # previous codons the usage is the human one on average.
@@ -83,16 +81,19 @@ class _Families:
         k = (u[..., None] >= self.cumulative[amino_acids]).sum(-1)
         return self.synonyms[amino_acids, k]
 
-    def body(self, rng) -> np.ndarray:
-        protein = self.consensus[rng.integers(len(self.consensus))]
+    def _residues(self, rng, n: int) -> np.ndarray:
+        return rng.choice(len(AMINO_ACIDS), size=n, p=self.amino_acid_p)
+
+    def body(self, rng, length: int) -> np.ndarray:
+        protein = self.consensus[rng.integers(len(self.consensus))][:length + self.DELETION_MARGIN]
         substituted = rng.random(len(protein)) < self.mutation_rate
-        protein = np.where(substituted, rng.choice(len(AMINO_ACIDS), size=len(protein), p=self.amino_acid_p), protein)
+        protein = np.where(substituted, self._residues(rng, len(protein)), protein)
         protein = np.delete(protein, np.flatnonzero(rng.random(len(protein)) < self.indel_rate / 2))
         at = np.flatnonzero(rng.random(len(protein)) < self.indel_rate / 2)
-        protein = np.insert(protein, at, rng.choice(len(AMINO_ACIDS), size=len(at), p=self.amino_acid_p))
-        if len(protein) < self.min_length:  # deletions never take a member below min_codons
-            protein = np.concatenate([protein, self.consensus[0][:self.min_length - len(protein)]])
-        protein = protein[:self.max_length]
+        protein = np.insert(protein, at, self._residues(rng, len(at)))
+        if len(protein) < length:  # more deletions than the margin: rare, but lengths are exact
+            protein = np.concatenate([protein, self._residues(rng, length - len(protein))])
+        protein = protein[:length]
         codons = self._synonyms_by_usage(rng, protein).tolist()
         # Sequential by nature (each preferred codon depends on the one before it, which may
         # itself be preferred), so a plain loop over the preferred positions only.
@@ -111,16 +112,16 @@ def generate(n_records: int, seed: int = 0, median_codons: int = 300, min_codons
     rng = np.random.default_rng(seed)
     sense_p, stop_p = _usage(SENSE_CODONS), _usage(STOP_CODONS)
     codon_bytes = np.array([c.encode() for c in SENSE_CODONS])
-    lengths = (median_codons, min_codons, max_codons)
     # Its own stream, so the records' draws below are those of families=0 in kind and order.
-    family = (_Families(np.random.default_rng([seed, 1]), families, lengths, mutation_rate, indel_rate, pair_bias)
-              if families else None)
+    family = (_Families(np.random.default_rng([seed, 1]), families, max_codons - 2, mutation_rate, indel_rate,
+                        pair_bias) if families else None)
     previous = None
     for i in range(n_records):
+        length = int(np.clip(rng.lognormal(np.log(median_codons), 0.55), min_codons, max_codons)) - 2
         if family is None:
-            body = rng.choice(len(SENSE_CODONS), size=_length(rng, *lengths) - 2, p=sense_p)
+            body = rng.choice(len(SENSE_CODONS), size=length, p=sense_p)
         else:
-            body = family.body(rng)
+            body = family.body(rng, length)
         seq = (START_CODON.encode() + codon_bytes[body].tobytes()  # S3: no padding
                + STOP_CODONS[rng.choice(3, p=stop_p)].encode())
         defect = DEFECTS[rng.integers(len(DEFECTS))] if rng.random() < defect_rate else None
