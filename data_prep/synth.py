@@ -40,7 +40,7 @@ SENSE_CODONS = tuple(c for c in CODONS if GENETIC_CODE[c] != "*")
 AMINO_ACIDS = tuple(sorted({GENETIC_CODE[c] for c in SENSE_CODONS}))
 # Defaults of the structure: a model the size of configs/tiny.yaml visibly learns both
 # within the demo's 300 steps (see the README's synth section).
-FAMILIES, MUTATION_RATE, INDEL_RATE, PAIR_BIAS = 16, 0.1, 0.005, 0.5
+FAMILIES, MUTATION_RATE, INDEL_RATE, PAIR_BIAS = 8, 0.1, 0.005, 0.5
 
 
 def _usage(codons) -> np.ndarray:
