@@ -54,14 +54,15 @@ class _Families:
 
     # Residues read past a member's length, so that its deletions rarely leave it short.
     DELETION_MARGIN = 32
+    START = SENSE_CODONS.index(START_CODON)  # the codon before a body's first one
 
     def __init__(self, rng, n_families: int, max_length: int, mutation_rate: float,
                  indel_rate: float, pair_bias: float):
         sense_p = _usage(SENSE_CODONS)
         self.amino_acid_of = np.array([AMINO_ACIDS.index(GENETIC_CODE[c]) for c in SENSE_CODONS])
         self.amino_acid_p = np.bincount(self.amino_acid_of, weights=sense_p, minlength=len(AMINO_ACIDS))
-        # synonyms[a, k]: the k-th codon of amino acid a; cumulative[a, k]: its usage share, summed
-        # (1 past the last synonym, so a uniform draw never picks a missing column).
+        # synonyms[a, k]: the k-th codon of amino acid a; cumulative[a, k]: the usage shares of
+        # its first k + 1 synonyms, summed (1 from the last synonym on: no draw goes past it).
         self.synonyms = np.zeros((len(AMINO_ACIDS), 6), dtype=np.int64)
         self.cumulative = np.ones((len(AMINO_ACIDS), 6))
         for a in range(len(AMINO_ACIDS)):
@@ -72,8 +73,8 @@ class _Families:
                           for _ in range(n_families)]
         # preferred[previous codon][amino acid]: a synonym drawn by usage, so that over all
         # previous codons the usage is the human one on average.
-        self.preferred = self._synonyms_by_usage(rng, np.tile(np.arange(len(AMINO_ACIDS)), (len(SENSE_CODONS), 1)))
-        self.preferred = self.preferred.tolist()
+        every_pair = np.tile(np.arange(len(AMINO_ACIDS)), (len(SENSE_CODONS), 1))
+        self.preferred = self._synonyms_by_usage(rng, every_pair).tolist()  # lists: read in a Python loop
         self.mutation_rate, self.indel_rate, self.pair_bias = mutation_rate, indel_rate, pair_bias
 
     def _synonyms_by_usage(self, rng, amino_acids: np.ndarray) -> np.ndarray:
@@ -97,9 +98,8 @@ class _Families:
         codons = self._synonyms_by_usage(rng, protein).tolist()
         # Sequential by nature (each preferred codon depends on the one before it, which may
         # itself be preferred), so a plain loop over the preferred positions only.
-        start = SENSE_CODONS.index(START_CODON)
         for i in np.flatnonzero(rng.random(len(protein)) < self.pair_bias).tolist():
-            codons[i] = self.preferred[codons[i - 1] if i else start][protein[i]]
+            codons[i] = self.preferred[codons[i - 1] if i else self.START][protein[i]]
         return np.array(codons, dtype=np.int64)
 
 
@@ -112,9 +112,7 @@ def generate(n_records: int, seed: int = 0, median_codons: int = 300, min_codons
     rng = np.random.default_rng(seed)
     sense_p, stop_p = _usage(SENSE_CODONS), _usage(STOP_CODONS)
     codon_bytes = np.array([c.encode() for c in SENSE_CODONS])
-    # Its own stream, so the records' draws below are those of families=0 in kind and order.
-    family = (_Families(np.random.default_rng([seed, 1]), families, max_codons - 2, mutation_rate, indel_rate,
-                        pair_bias) if families else None)
+    family = _Families(rng, families, max_codons - 2, mutation_rate, indel_rate, pair_bias) if families else None
     previous = None
     for i in range(n_records):
         length = int(np.clip(rng.lognormal(np.log(median_codons), 0.55), min_codons, max_codons)) - 2
