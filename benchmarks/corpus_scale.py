@@ -63,7 +63,8 @@ def main() -> int:
     shutil.rmtree(run_dir, ignore_errors=True)
     stages = []
     try:
-        stages.append(run_stage("synth", CLI + ["synth", str(fasta), "--records", str(args.records)],
+        # --families 0: the unstructured corpus of the published numbers, comparable across revisions
+        stages.append(run_stage("synth", CLI + ["synth", str(fasta), "--records", str(args.records), "--families", "0"],
                                 work / "synth.log"))
         stages[-1]["bytes"] = tree_bytes(fasta)
         stages.append(run_stage("prep", CLI + ["prep", str(fasta), "-o", str(shards), "--workers",

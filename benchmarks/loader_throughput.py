@@ -119,8 +119,8 @@ def _startup_dataset(fasta: Path, records: int, out: Path) -> Path:
     """Prepare ``fasta`` (synthesized first, unless a baseline run was handed ours)."""
     from data_prep.prep import PrepConfig, run_prep
     from data_prep.synth import generate, write_fasta
-    if not fasta.exists():
-        write_fasta(fasta, generate(records, seed=1, median_codons=100))
+    if not fasta.exists():  # families=0: what older revisions' synth writes, for --baseline
+        write_fasta(fasta, generate(records, seed=1, median_codons=100, families=0))
     run_prep(PrepConfig(inputs=[str(fasta)], output=str(out), workers=os.cpu_count() or 1, progress=False))
     return out
 

@@ -22,7 +22,8 @@ import numpy as np
 
 # One shard per split in either format (shard_bytes well above the split's size), so the
 # shard permutation is the same, and several shuffle windows, so window order matters.
-CORPUS = dict(n_records=300, median_codons=40, seed=7)
+# families=0: synth's unstructured corpus, the one the golden fingerprints were made on.
+CORPUS = dict(n_records=300, median_codons=40, seed=7, families=0)
 SHARD_BYTES = 64 << 20
 VARIANTS = {
     "clm padded": dict(objective="clm", pack=False),
@@ -41,8 +42,8 @@ def make_corpus_dataset(out: Path) -> Path:
     from data_prep.prep import PrepConfig, SplitPolicy, run_prep
     from data_prep.synth import generate, write_fasta
     fasta = out.parent / f"{out.name}.fasta"
-    write_fasta(fasta, generate(CORPUS["n_records"], seed=CORPUS["seed"],
-                                median_codons=CORPUS["median_codons"], min_codons=10, max_codons=200))
+    write_fasta(fasta, generate(CORPUS["n_records"], seed=CORPUS["seed"], median_codons=CORPUS["median_codons"],
+                                min_codons=10, max_codons=200, families=CORPUS["families"]))
     run_prep(PrepConfig(inputs=[str(fasta)], output=str(out), shard_bytes=SHARD_BYTES, workers=1,
                         progress=False, split=SplitPolicy(val_fraction=0.05, test_fraction=0.0)))
     return out

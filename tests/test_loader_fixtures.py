@@ -20,8 +20,9 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def make_dataset(out: Path, n_records: int = 300, median_codons: int = 40,
                  shard_bytes: int = 12 << 10, seed: int = 7, chunk_bytes: int = 1500) -> Path:
     fasta = out.parent / f"{out.name}.fasta"
+    # families=0: synth's unstructured corpus, whose shard and chunk layouts the loader tests are sized for
     write_fasta(fasta, generate(n_records, seed=seed, median_codons=median_codons,
-                                min_codons=10, max_codons=200))
+                                min_codons=10, max_codons=200, families=0))
     run_prep(PrepConfig(inputs=[str(fasta)], output=str(out), shard_bytes=shard_bytes,
                         chunk_bytes=chunk_bytes, workers=1,
                         progress=False, split=SplitPolicy(val_fraction=0.05, test_fraction=0.0)))
