@@ -30,17 +30,22 @@ class FileTally:
 
 
 class RejectSampler:
-    """Keeps the first ``per_reason`` rejects of each reason (input order: deterministic)."""
+    """Keeps the first ``per_reason`` rejects of each reason (input order: deterministic).
+    Callers ask for ``room``, ``add`` that many in input order, then ``count`` them all."""
 
     def __init__(self, per_reason: int):
         self.per_reason, self.rows, self.seen = per_reason, [], Counter()
 
-    def offer(self, reason: str, source: str, line: int, record_id: str, sequence: bytes) -> None:
-        self.seen[reason] += 1
-        if self.seen[reason] <= self.per_reason:
-            text = sequence[:300].decode(errors="replace")
-            self.rows.append({"reason": reason, "source": source, "line": line, "id": record_id,
-                              "sequence": text + ("..." if len(sequence) > 300 else "")})
+    def room(self, reason: str) -> int:
+        return max(0, self.per_reason - self.seen[reason])
+
+    def count(self, reason: str, n: int) -> None:
+        self.seen[reason] += n
+
+    def add(self, reason: str, source: str, line: int, record_id: str, sequence: bytes) -> None:
+        text = sequence[:300].decode(errors="replace")
+        self.rows.append({"reason": reason, "source": source, "line": line, "id": record_id,
+                          "sequence": text + ("..." if len(sequence) > 300 else "")})
 
     def write(self, path) -> None:
         with open(path, "w") as f:

@@ -1,7 +1,8 @@
 """Input discovery and streaming readers for every corpus format ``prep`` accepts.
 
-Readers yield :class:`RawRecord` s one at a time from a binary stream, so memory stays
-flat however large a file is. Anything that makes the rest of a file unreadable
+Readers stream :class:`RecordBatch` es (columns of consecutive records; FASTA is cut
+into records by NumPy passes over large decompressed blocks, no Python per line) from a
+binary stream, so memory stays flat however large a file is. Anything that makes the rest of a file unreadable
 (truncated compression, binary content, a sequence before the first FASTA header, a
 missing CSV column) raises :class:`InputError` naming the file and line; problems of a
 single record are left for the record policy to count.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import zstandard
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
@@ -164,23 +166,70 @@ def _decompressed(path: Path, raw: TrackedFile):
     return io.BufferedReader(raw)
 
 
-def read_records(path: Path, spec: InputSpec, raw: TrackedFile | None = None) -> Iterator[RawRecord]:
-    """Records of one file, streamed. Raises InputError on structural problems."""
+@dataclass
+class RecordBatch:
+    """Consecutive records of one input as columns: the raw sequence of record i is
+    ``data[starts[i]:ends[i]]`` (not yet normalised; FASTA line breaks included)."""
+
+    data: bytes
+    starts: np.ndarray   # int64
+    ends: np.ndarray     # int64
+    ids: list[str]
+    lines: np.ndarray    # int64, 1-based line where each record starts
+    groups: list | None  # group key per record (None where absent); None: no keys at all
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def sequence(self, i: int) -> bytes:
+        return self.data[self.starts[i]:self.ends[i]]
+
+    @classmethod
+    def of(cls, records: list[RawRecord]) -> "RecordBatch":
+        lengths = np.fromiter((len(r.sequence) for r in records), dtype=np.int64, count=len(records))
+        ends = np.cumsum(lengths)
+        groups = [r.group for r in records]
+        return cls(b"".join(r.sequence for r in records), ends - lengths, ends,
+                   [r.record_id for r in records],
+                   np.fromiter((r.line for r in records), dtype=np.int64, count=len(records)),
+                   groups if any(g is not None for g in groups) else None)
+
+
+def read_batches(path: Path, spec: InputSpec, raw: TrackedFile | None = None,
+                 batch_bytes: int = 4 << 20) -> Iterator[RecordBatch]:
+    """Records of one file, streamed in batches of about ``batch_bytes`` of input text.
+    Raises InputError on structural problems."""
     source, fmt = str(path), detect_format(path)
     if path.stat().st_size == 0:
         raise InputError(source, None, "file is empty (a failed download?); remove it or fix it")
     with _decompressed(path, raw or TrackedFile(path)) as stream:
         if fmt == "fasta":
-            yield from _fasta(_blocks(stream, source), source, spec)
-        elif fmt == "lines":
-            yield from _plain_lines(_LineCounter(stream, source))
-        else:
-            yield from _table(_LineCounter(stream, source), spec, delimiter="\t" if fmt == "tsv" else ",")
+            yield from _fasta(_blocks(stream, source, batch_bytes), source, spec)
+            return
+        records = (_plain_lines(_LineCounter(stream, source)) if fmt == "lines" else
+                   _table(_LineCounter(stream, source), spec, delimiter="\t" if fmt == "tsv" else ","))
+        batch, size = [], 0
+        for record in records:
+            batch.append(record)
+            size += len(record.sequence)
+            if size >= batch_bytes:
+                yield RecordBatch.of(batch)
+                batch, size = [], 0
+        if batch:
+            yield RecordBatch.of(batch)
 
 
-def _fasta(blocks, source: str, spec: InputSpec) -> Iterator[RawRecord]:
-    """Cuts the stream at the last record start of each block and splits what precedes
-    it into records; a record longer than a block simply waits for more blocks."""
+def read_records(path: Path, spec: InputSpec, raw: TrackedFile | None = None) -> Iterator[RawRecord]:
+    """Records of one file, one at a time (see :func:`read_batches`)."""
+    for batch in read_batches(path, spec, raw):
+        for i in range(len(batch)):
+            yield RawRecord(batch.ids[i], int(batch.lines[i]), batch.sequence(i),
+                            batch.groups[i] if batch.groups is not None else None)
+
+
+def _fasta(blocks, source: str, spec: InputSpec) -> Iterator[RecordBatch]:
+    """Cuts the stream at the last record start of each block and parses what precedes
+    it as one batch; a record longer than a block simply waits for more blocks."""
     group_re = re.compile(spec.group_regex) if spec.group_regex else None
     parts, start_line, first, any_data = [], 1, True, False
     for block in blocks:
@@ -191,16 +240,20 @@ def _fasta(blocks, source: str, spec: InputSpec) -> Iterator[RawRecord]:
             parts.append(block)
             continue
         text = b"".join(parts) + block[:cut + 1]
-        yield from _fasta_records(text, start_line, first, source, group_re)
+        if batch := _fasta_batch(text, start_line, first, source, group_re):
+            yield batch
         first, start_line = False, start_line + text.count(b"\n")
         parts = [block[cut + 1:]]
     if any(parts):
-        yield from _fasta_records(b"".join(parts), start_line, first, source, group_re)
+        if batch := _fasta_batch(b"".join(parts), start_line, first, source, group_re):
+            yield batch
     elif not any_data:
         raise InputError(source, None, "no content after decompression")
 
 
-def _fasta_records(text: bytes, line: int, first: bool, source: str, group_re) -> Iterator[RawRecord]:
+def _fasta_batch(text: bytes, line: int, first: bool, source: str, group_re) -> RecordBatch | None:
+    """Whole records (``text`` starts at a header) as columns. Record boundaries come from
+    NumPy passes over the bytes; only the headers are touched by Python."""
     if first and not text.startswith(b">"):
         end = text.find(b"\n>")
         lead = text if end < 0 else text[:end + 1]
@@ -209,16 +262,26 @@ def _fasta_records(text: bytes, line: int, first: bool, source: str, group_re) -
                 raise InputError(source, line + i, "sequence before the first '>' header")
         line, text = line + lead.count(b"\n"), text[len(lead):]
     if not text:
-        return
-    for piece in text[1:].split(b"\n>"):
-        header_bytes, _, body = piece.partition(b"\n")
-        header = header_bytes.strip().decode()
-        record_id = header.split(maxsplit=1)[0] if header else f"{source}:{line}"
-        group = None
-        if group_re is not None and (m := group_re.search(header)):
-            group = m.group(1) if m.groups() else m.group(0)
-        yield RawRecord(record_id, line, body, group)
-        line += piece.count(b"\n") + 1
+        return None
+    a = np.frombuffer(text, dtype=np.uint8)
+    newlines = np.flatnonzero(a == 10)
+    marks = np.flatnonzero(a == 62)
+    heads = marks[(marks == 0) | (a[marks - 1] == 10)]  # '>' opening a line
+    head_ends = np.append(newlines, len(text))[np.searchsorted(newlines, heads)]
+    lines = line + np.searchsorted(newlines, heads)
+    words = [text[h + 1:e].decode().split(None, 1) for h, e in zip(heads.tolist(), head_ends.tolist())]
+    ids = [w[0] if w else f"{source}:{n}" for w, n in zip(words, lines.tolist())]
+    groups = None
+    if group_re is not None:
+        groups = [_group(group_re, text[h + 1:e].strip().decode())
+                  for h, e in zip(heads.tolist(), head_ends.tolist())]
+    return RecordBatch(text, np.minimum(head_ends + 1, len(text)), np.append(heads[1:], len(text)),
+                       ids, lines, groups)
+
+
+def _group(group_re, header: str) -> str | None:
+    m = group_re.search(header)
+    return None if m is None else (m.group(1) if m.groups() else m.group(0))
 
 
 def _plain_lines(lines: _LineCounter) -> Iterator[RawRecord]:

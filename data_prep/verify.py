@@ -14,14 +14,16 @@ import sys
 from pathlib import Path
 
 from helm_scale.codon import Vocabulary
-from helm_scale.shard_format import (LENGTHS_MEMBER, META_MEMBER, TOKENS_MEMBER, ShardError,
-                                     chunk_table, decode_chunk, decode_meta, read_manifest)
+import numpy as np
+
+from helm_scale.shard_format import (META_MEMBER, TOKENS_MEMBER, ShardError, chunk_table, decode_chunk,
+                                     decode_meta, read_manifest)
 
 from . import shards
 from .dedup import SeenHashes
-from .policy import content_hash
+from .policy import content_hashes
 
-_MEMBERS = {TOKENS_MEMBER, LENGTHS_MEMBER, META_MEMBER}  # as webdataset names them: no dot
+_MEMBERS = {TOKENS_MEMBER, META_MEMBER}  # as webdataset names them: no dot
 
 
 def verify(dataset_dir, progress: bool = False) -> list[str]:
@@ -99,8 +101,8 @@ def _check_shard(root: Path, record: dict, dtype: str, vocab_size: int, seen, ne
                 if any(not m["id"] and m["id"] != 0 for m in meta):
                     problems.append(f"{where}: a sequence without an id")
                 if seen is not None:
-                    hashes = [content_hash(chunk.sequence(i).tobytes()) for i in range(len(chunk))]
-                    for i in {int(i) for i in (~seen.add(hashes)).nonzero()[0]}:
+                    hashes = content_hashes(chunk.tokens, np.diff(chunk.offsets), b"")
+                    for i in np.flatnonzero(~seen.add(hashes)).tolist():
                         problems.append(f"{where}: sequence {first + i} is a duplicate")
     except Exception as e:  # any unreadable shard is a finding, not a crash
         problems.append(f"{record['path']}: unreadable ({type(e).__name__}: {e})")

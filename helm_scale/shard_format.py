@@ -6,29 +6,47 @@ A prepared dataset directory holds::
     rejects.jsonl              a bounded sample of rejected records per reason
     {split}/shard-000000.tar   webdataset shards of chunks of consecutive sequences
 
-Format 2. A shard is a plain tar whose webdataset samples are *chunks*: runs of
+Format 3. A shard is a plain tar whose webdataset samples are *chunks*: runs of
 consecutive sequences of one split, about ``chunk_bytes`` (default 1 MiB) of tokens
-each. One member per sequence cost ~1.5 KiB of tar headers and padding, 8x to 200x
-the compressed tokens; a chunk spends that once per ~8,000 sequences. Each chunk has
-three members, each compressed on its own with zstd, so that the tar stays
+each (format 1 spent ~1.5 KiB of tar headers per sequence; a chunk spends ~1.5 KiB per
+~8,000). Each chunk has two members, each one zstd frame, so that the tar stays
 streamable by webdataset and indexable by ``wids``:
 
-    {key}.tokens.zst      the chunk's codon ids concatenated (no <cls>/<eos>; the loader
-                          adds them), a raw little-endian array of ``token_dtype``, one frame
-    {key}.lengths.zst     codon count of each sequence, little-endian uint32: readable
-                          without decompressing the tokens (the packing plan needs only it)
-    {key}.meta.json.zst   columnar JSON ``{"id": [...], "line_delta": [...], "group": [...]
-                          or null, "source": [[path, n], ...]}``: input line numbers as
-                          differences from the previous record's (the first from 0),
-                          sources as runs of n records
+    {key}.tokens.zst   the chunk's codon ids concatenated (no <cls>/<eos>; the loader adds
+                       them), a raw little-endian array of ``token_dtype``
+    {key}.meta.zst     the chunk's per-sequence columns (below): small, so the lengths the
+                       packing plan needs are read without decompressing any tokens
 
-Every zstd frame carries its content checksum, so a damaged member fails to decompress
-rather than decoding to wrong tokens.
+The meta member, decompressed: a 4-byte little-endian length, that many bytes of JSON
+``{"samples": n, "source": [[path, n], ...], "tables": {name: [str, ...]},
+"columns": [[name, dtype, nbytes], ...]}``, then the columns' bytes in that order. A
+column is an array of the narrowest unsigned dtype that holds it, stored byte plane by
+byte plane (all first bytes, then all second bytes, ...: the planes of small numbers
+are runs of zeros), which is what makes it compress::
+
+    lengths                   codons per sequence
+    line                      input line, as the difference from the record before
+                              (zigzag-coded: sources restart their lines)
+    {s}_prefix, {s}_number,   a string column s (``id``; ``group`` when any record has
+    {s}_digits                one) cut into a prefix and a numeric suffix of at most 18
+                              ASCII digits: ``tables[s][prefix] + str(number).zfill(digits)``
+                              (no suffix when digits = 0). Prefixes index the table in
+                              order of first use and numbers are stored as differences from
+                              the record before (zigzag), so ``run:SRR1298732.1``,
+                              ``run:SRR1298732.7``, ... cost about a byte each, not 30
+    group_missing             1 where a record has no group key (only when some do)
+
+Zigzag maps a signed difference d to 2d (d >= 0) or -2d - 1 (d < 0). Every zstd frame
+carries its content checksum, so a damaged member fails to decompress rather than
+decoding to wrong tokens or ids. Format 2 stored lengths as a uint32 member and the
+metadata as JSON, 3.5x larger than tokens on antibody corpora; format 1 one member per
+sequence; both are refused with the command that rebuilds them.
 
 The key is the zero-padded index within its split of the chunk's first sequence. The
 manifest's ``splits[name]["shards"]`` lists each shard's path, samples, tokens, bytes,
 sha256, first key and ``chunks`` (``[[samples, tokens], ...]`` in order), so a global
-index maps to (shard, chunk, offset) by arithmetic on the manifest alone.
+index maps to (shard, chunk, offset) by arithmetic on the manifest alone. A shard ends
+with tar's two zero blocks, without tarfile's padding to 10 KiB records.
 """
 from __future__ import annotations
 
@@ -39,12 +57,14 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-FORMAT = "helm-scale-shards/2"
+FORMAT = "helm-scale-shards/3"
+OLD_FORMATS = {"helm-scale-shards/1": "one tar member per sequence, 8x larger",
+               "helm-scale-shards/2": "JSON metadata, 1.9x zstd of the tokens on antibody corpora"}
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-TOKENS_MEMBER, LENGTHS_MEMBER, META_MEMBER = "tokens.zst", "lengths.zst", "meta.json.zst"
-LENGTH_DTYPE = np.dtype("<u4")
+TOKENS_MEMBER, META_MEMBER = "tokens.zst", "meta.zst"
 DEFAULT_CHUNK_BYTES = 1 << 20
+MAX_DIGITS = 18  # a numeric suffix of up to 18 digits fits int64, and so do differences
 
 
 class ShardError(ValueError):
@@ -59,20 +79,101 @@ def shard_name(split: str, number: int) -> str:
     return f"{split}/shard-{number:06d}.tar"
 
 
-def encode_chunk(first_index: int, tokens: list[bytes], token_dtype: str, ids: list, lines: list,
-                 groups: list, sources: list[list], compressor) -> dict:
+# --- columns ---------------------------------------------------------------------------
+
+def _zigzag(d: np.ndarray) -> np.ndarray:
+    d = d.astype(np.int64)
+    return ((d << 1) ^ (d >> 63)).astype(np.uint64)
+
+
+def _unzigzag(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.uint64)
+    return (z >> np.uint64(1)).astype(np.int64) ^ -(z & np.uint64(1)).astype(np.int64)
+
+
+def _planes(values: np.ndarray) -> tuple[str, bytes]:
+    """Narrowest unsigned dtype holding ``values`` (>= 0), bytes stored plane by plane."""
+    top = int(values.max()) if len(values) else 0
+    dtype = np.dtype(next(t for t in ("<u1", "<u2", "<u4", "<u8") if top < 1 << (8 * int(t[-1]))))
+    narrow = values.astype(dtype)
+    return dtype.str, narrow.view(np.uint8).reshape(-1, dtype.itemsize).T.tobytes()
+
+
+def _unplanes(dtype: str, raw: bytes, n: int) -> np.ndarray:
+    dt = np.dtype(dtype)
+    planes = np.frombuffer(raw, dtype=np.uint8).reshape(dt.itemsize, n)
+    return np.ascontiguousarray(planes.T).view(dt).reshape(n).astype(np.int64 if dt.itemsize < 8 else np.uint64)
+
+
+def _split_numbers(values: list[str]) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
+    """Each string as (prefix table, prefix index, trailing-digit number, digit count).
+
+    NumPy over the UTF-8 bytes of all strings at once finds the suffixes (ASCII digits
+    are single bytes in UTF-8, so a cut before them never splits a character)."""
+    blob = "".join(values)
+    if blob.isascii():
+        raw, sizes = blob.encode("ascii"), np.fromiter(map(len, values), np.int64, len(values))
+    else:
+        encoded = [v.encode() for v in values]
+        raw, sizes = b"".join(encoded), np.fromiter(map(len, encoded), np.int64, len(values))
+    b = np.frombuffer(raw, dtype=np.uint8)
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    is_digit = (b - 48) < 10  # uint8 wraps below '0'
+    last_other = np.maximum.accumulate(np.where(is_digit, -1, np.arange(len(b))))  # per position
+    before = np.where(ends > starts, last_other[np.maximum(ends - 1, 0)] if len(b) else -1, ends - 1)
+    digits = np.minimum(ends - 1 - np.maximum(before, starts - 1), MAX_DIGITS)
+    numbers = np.zeros(len(values), dtype=np.int64)
+    for k in range(MAX_DIGITS):  # Horner over digit k of every suffix that has one
+        has = digits > k
+        if not has.any():
+            break
+        at = np.where(has, ends - digits + k, 0)
+        numbers = np.where(has, numbers * 10 + (b[at] - 48 if len(b) else 0), numbers)
+    table: dict[bytes, int] = {}
+    index = [table.setdefault(raw[a:e], len(table)) for a, e in zip(starts.tolist(), (ends - digits).tolist())]
+    return [t.decode() for t in table], index, numbers, digits
+
+
+def _join_numbers(table: list[str], index: np.ndarray, numbers: np.ndarray, digits: np.ndarray) -> list[str]:
+    return [table[i] + (str(n).zfill(d) if d else "")
+            for i, n, d in zip(index.tolist(), numbers.tolist(), digits.tolist())]
+
+
+def _string_columns(name: str, values: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+    table, index, numbers, digits = _split_numbers(values)
+    # The number of a record without one repeats the one before: its difference is 0.
+    numbers = np.where(digits > 0, numbers, 0)
+    carried = np.maximum.accumulate(np.where(digits > 0, np.arange(len(values)), -1))
+    numbers = np.where(carried >= 0, numbers[np.maximum(carried, 0)], 0)
+    return table, {f"{name}_prefix": _zigzag(np.diff(np.asarray(index, np.int64), prepend=0)),
+                   f"{name}_number": _zigzag(np.diff(numbers, prepend=0)),
+                   f"{name}_digits": digits.astype(np.uint64)}
+
+
+def encode_chunk(first_index: int, tokens: np.ndarray, lengths: np.ndarray, ids: list[str],
+                 lines: np.ndarray, groups: list | None, sources: list[list], compressor) -> dict:
     """One chunk as a webdataset sample (member name -> bytes). ``sources`` are runs
-    ``[path, records]`` covering the chunk's sequences in order."""
-    itemsize = np.dtype(token_dtype).itemsize
-    lengths = np.fromiter((len(t) // itemsize for t in tokens), dtype=LENGTH_DTYPE, count=len(tokens))
-    # Line numbers as differences from the record before: ~1 byte each after zstd, not ~3.
-    line_deltas = np.diff(np.asarray(lines, dtype=np.int64), prepend=0).tolist()
-    meta = {"id": ids, "line_delta": line_deltas,
-            "group": groups if any(g is not None for g in groups) else None, "source": sources}
+    ``[path, records]`` covering the chunk's sequences in order; ``groups`` is None when
+    no record has a group key."""
+    columns = {"lengths": np.asarray(lengths, dtype=np.uint64),
+               "line": _zigzag(np.diff(np.asarray(lines, dtype=np.int64), prepend=0))}
+    tables = {}
+    tables["id"], more = _string_columns("id", ids)
+    columns.update(more)
+    if groups is not None:
+        tables["group"], more = _string_columns("group", ["" if g is None else g for g in groups])
+        columns.update(more)
+        if any(g is None for g in groups):
+            columns["group_missing"] = np.fromiter((g is None for g in groups), np.uint64, len(groups))
+    encoded = {name: _planes(values) for name, values in columns.items()}
+    header = json.dumps({"samples": len(lengths), "source": sources, "tables": tables,
+                         "columns": [[name, dtype, len(raw)] for name, (dtype, raw) in encoded.items()]},
+                        separators=(",", ":")).encode()
+    meta = b"".join([len(header).to_bytes(4, "little"), header, *(raw for _, raw in encoded.values())])
     return {"__key__": sample_key(first_index),
-            TOKENS_MEMBER: compressor.compress(b"".join(tokens)),
-            LENGTHS_MEMBER: compressor.compress(lengths.tobytes()),
-            META_MEMBER: compressor.compress(json.dumps(meta, separators=(",", ":")).encode())}
+            TOKENS_MEMBER: compressor.compress(np.ascontiguousarray(tokens).tobytes()),
+            META_MEMBER: compressor.compress(meta)}
 
 
 @dataclass
@@ -97,13 +198,38 @@ def _decompress(member: bytes, what: str, where: str, d) -> bytes:
         raise ShardError(f"{where}: {what} member does not decompress ({e})") from None
 
 
+def _meta_columns(member: bytes, samples: int, where: str, d, wanted=None) -> tuple[dict, dict]:
+    """(header, {column: int64 array}) of a meta member, checked against ``samples``."""
+    raw = _decompress(member, "meta", where, d)
+    try:
+        size = int.from_bytes(raw[:4], "little")
+        header = json.loads(raw[4:4 + size])
+        at, columns = 4 + size, {}
+        for name, dtype, nbytes in header["columns"]:
+            if wanted is None or name in wanted:
+                if nbytes != samples * np.dtype(dtype).itemsize:
+                    raise ShardError(f"{where}: meta column {name} holds {nbytes / np.dtype(dtype).itemsize:g} "
+                                     f"entries, the manifest says {samples} samples")
+                columns[name] = _unplanes(dtype, raw[at:at + nbytes], samples)
+            at += nbytes
+        if at != len(raw) or header["samples"] != samples:
+            raise ShardError(f"{where}: meta member holds {header['samples']} samples in {len(raw)} bytes, "
+                             f"the manifest says {samples} samples")
+    except (ValueError, KeyError, TypeError) as e:
+        if isinstance(e, ShardError):
+            raise
+        raise ShardError(f"{where}: meta member is not the columns of format 3 ({e})") from None
+    return header, columns
+
+
 def decode_lengths(member: bytes, samples: int, where: str, decompressor=None) -> np.ndarray:
-    """Codon counts of a chunk's sequences, checked against the manifest's sample count."""
-    raw = _decompress(member, "lengths", where, decompressor or zstandard.ZstdDecompressor())
-    if len(raw) != samples * LENGTH_DTYPE.itemsize:
-        raise ShardError(f"{where}: lengths member holds {len(raw) / LENGTH_DTYPE.itemsize:g} "
-                         f"entries, the manifest says {samples} samples")
-    return np.frombuffer(raw, dtype=LENGTH_DTYPE).astype(np.int64)
+    """Codon counts of a chunk's sequences (from its meta member), checked against the
+    manifest's sample count."""
+    _, columns = _meta_columns(member, samples, where, decompressor or zstandard.ZstdDecompressor(),
+                               wanted={"lengths"})
+    if "lengths" not in columns:
+        raise ShardError(f"{where}: meta member has no lengths column")
+    return columns["lengths"]
 
 
 def decode_chunk(sample: dict, token_dtype: str, samples: int, first_index: int, where: str,
@@ -115,31 +241,43 @@ def decode_chunk(sample: dict, token_dtype: str, samples: int, first_index: int,
     if sample["__key__"] != sample_key(first_index):
         raise ShardError(f"{where}: chunk key {sample['__key__']}, expected {sample_key(first_index)}; "
                          "shard and manifest disagree")
-    lengths = decode_lengths(member(LENGTHS_MEMBER), samples, where, d)
+    lengths = decode_lengths(member(META_MEMBER), samples, where, d)
     dtype = np.dtype(token_dtype)
     raw = _decompress(member(TOKENS_MEMBER), "tokens", where, d)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
     if len(raw) != int(offsets[-1]) * dtype.itemsize:
         raise ShardError(f"{where}: lengths sum to {int(offsets[-1])} tokens but the tokens member "
                          f"holds {len(raw) / dtype.itemsize:g}")
     return Chunk(first_index, np.frombuffer(raw, dtype=dtype), offsets)
 
 
+def _strings(name: str, header: dict, columns: dict) -> list[str]:
+    numbers = np.cumsum(_unzigzag(columns[f"{name}_number"]))
+    index = np.cumsum(_unzigzag(columns[f"{name}_prefix"]))
+    table = header["tables"][name]
+    if len(index) and not (0 <= index.min() and index.max() < len(table)):
+        raise ShardError(f"{name} prefix index outside its table of {len(table)}")
+    return _join_numbers(table, index, numbers, columns[f"{name}_digits"])
+
+
 def decode_meta(sample: dict, samples: int, where: str, decompressor=None) -> list[dict]:
     """Per-sequence metadata ``{"id", "source", "line", "group"}`` of one chunk."""
-    raw = _decompress(_members(sample, where)(META_MEMBER), "metadata", where,
-                      decompressor or zstandard.ZstdDecompressor())
+    header, columns = _meta_columns(_members(sample, where)(META_MEMBER), samples, where,
+                                    decompressor or zstandard.ZstdDecompressor())
     try:
-        meta = json.loads(raw)
-        sources = [path for path, n in meta["source"] for _ in range(n)]
-        groups = meta["group"] or [None] * len(meta["id"])
-        columns = (meta["id"], sources, np.cumsum(meta["line_delta"], dtype=np.int64).tolist(), groups)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ShardError(f"{where}: metadata member is not the columnar JSON of format 2 ({e})") from None
-    if any(len(c) != samples for c in columns):
-        raise ShardError(f"{where}: metadata lists {[len(c) for c in columns]} entries per column, "
-                         f"expected {samples}")
-    return [{"id": i, "source": s, "line": line, "group": g} for i, s, line, g in zip(*columns)]
+        sources = [path for path, n in header["source"] for _ in range(n)]
+        ids = _strings("id", header, columns)
+        groups = [None] * samples
+        if "group" in header["tables"]:
+            missing = columns.get("group_missing", np.zeros(samples, np.int64)).tolist()
+            groups = [None if m else g for g, m in zip(_strings("group", header, columns), missing)]
+        lines = np.cumsum(_unzigzag(columns["line"])).tolist()
+    except (ValueError, KeyError, TypeError, ShardError) as e:
+        raise ShardError(f"{where}: meta member is not the columns of format 3 ({e})") from None
+    if len(sources) != samples:
+        raise ShardError(f"{where}: meta sources cover {len(sources)} sequences, expected {samples}")
+    return [{"id": i, "source": s, "line": line, "group": g} for i, s, line, g in zip(ids, sources, lines, groups)]
 
 
 def _members(sample: dict, where: str):
@@ -167,7 +305,7 @@ def read_manifest(dataset_dir) -> dict:
         inputs = " ".join(str(i["path"]) for i in manifest.get("inputs", [])) or "INPUTS"
         raise ValueError(
             f"{path}: shard format {found!r}, this helm-scale reads {FORMAT!r} only "
-            f"({'one tar member per sequence, 8x larger' if found == 'helm-scale-shards/1' else 'unknown'})"
+            f"({OLD_FORMATS.get(found, 'unknown')})"
             f". Rebuild it (prep is deterministic; use the options recorded under 'settings'): "
             f"helm-scale prep {inputs} -o {dataset_dir} --overwrite")
     return manifest

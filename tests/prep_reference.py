@@ -58,9 +58,48 @@ def read_fasta(path) -> list[tuple[str, str]]:
     return records
 
 
+def _column(raw: bytes, dtype: str, n: int) -> list[int]:
+    """A format-3 column read naively: n little-endian unsigned ints stored plane by plane."""
+    size = int(dtype[-1])
+    return [sum(raw[k * n + i] << (8 * k) for k in range(size)) for i in range(n)]
+
+
+def _running(zigzags: list[int]) -> list[int]:
+    out, value = [], 0
+    for z in zigzags:
+        value += (z >> 1) if z % 2 == 0 else -(z >> 1) - 1
+        out.append(value)
+    return out
+
+
+def _strings(name: str, tables: dict, cols: dict) -> list[str]:
+    prefixes = [tables[name][i] for i in _running(cols[f"{name}_prefix"])]
+    numbers = _running(cols[f"{name}_number"])
+    return [p + (str(num).zfill(d) if d else "") for p, num, d in zip(prefixes, numbers, cols[f"{name}_digits"])]
+
+
+def read_meta(raw: bytes) -> tuple[list[int], list[dict]]:
+    """(lengths, metadata) of one decompressed format-3 meta member, read by hand."""
+    size = int.from_bytes(raw[:4], "little")
+    header = json.loads(raw[4:4 + size])
+    n, at, cols = header["samples"], 4 + size, {}
+    for name, dtype, nbytes in header["columns"]:
+        cols[name] = _column(raw[at:at + nbytes], dtype, n)
+        at += nbytes
+    assert at == len(raw)
+    sources = [path for path, k in header["source"] for _ in range(k)]
+    groups = [None] * n
+    if "group" in header["tables"]:
+        missing = cols.get("group_missing", [0] * n)
+        groups = [None if m else g for g, m in zip(_strings("group", header["tables"], cols), missing)]
+    meta = [{"id": i, "source": s, "line": line, "group": g}
+            for i, s, line, g in zip(_strings("id", header["tables"], cols), sources, _running(cols["line"]), groups)]
+    return cols["lengths"], meta
+
+
 def read_dataset(root) -> dict[str, list[tuple[list[int], dict]]]:
     """Every split's samples in index order: (tokens, metadata), from the tar members of
-    format 2 read by hand (one chunk: tokens, uint32 lengths, columnar metadata)."""
+    format 3 read by hand (a chunk: its tokens, and its meta member's columns)."""
     manifest, d = read_manifest(root), zstandard.ZstdDecompressor()
     out = {}
     for name, split in manifest["splits"].items():
@@ -69,20 +108,12 @@ def read_dataset(root) -> dict[str, list[tuple[list[int], dict]]]:
             with open(Path(root) / shard["path"], "rb") as stream:
                 for chunk in group_by_keys(tar_file_expander([{"stream": stream, "url": shard["path"]}])):
                     assert int(chunk["__key__"]) == len(rows)
+                    assert set(chunk) - {"__key__", "__url__"} == {"tokens.zst", "meta.zst"}
                     tokens = list(d.decompress(chunk["tokens.zst"]))
-                    raw = d.decompress(chunk["lengths.zst"])
-                    lengths = [int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4)]
-                    meta = json.loads(d.decompress(chunk["meta.json.zst"]))
-                    sources = [path for path, n in meta["source"] for _ in range(n)]
-                    groups = meta["group"] or [None] * len(lengths)
-                    lines, line = [], 0
-                    for delta in meta["line_delta"]:
-                        line += delta
-                        lines.append(line)
+                    lengths, meta = read_meta(d.decompress(chunk["meta.zst"]))
                     start = 0
-                    for k, n in enumerate(lengths):
-                        rows.append((tokens[start:start + n], {"id": meta["id"][k], "source": sources[k],
-                                                               "line": lines[k], "group": groups[k]}))
+                    for n, m in zip(lengths, meta):
+                        rows.append((tokens[start:start + n], m))
                         start += n
                     assert start == len(tokens)
         out[name] = rows

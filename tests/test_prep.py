@@ -65,8 +65,8 @@ def test_round_trip_and_accounting_match_an_independent_reference(corpus, tmp_pa
 
 
 def test_shards_are_byte_identical_for_one_and_two_workers(corpus, tmp_path):
-    one = run_prep(_cfg([corpus], tmp_path / "w1", workers=1, batch_records=64))
-    two = run_prep(_cfg([corpus], tmp_path / "w2", workers=2, batch_records=50))
+    one = run_prep(_cfg([corpus], tmp_path / "w1", workers=1, batch_bytes=3_000))
+    two = run_prep(_cfg([corpus], tmp_path / "w2", workers=2, batch_bytes=5_000))
     one.pop("run"), two.pop("run")
     assert json.dumps(one, sort_keys=True).replace("w1", "w2") == json.dumps(two, sort_keys=True)
     for shard in (s for split in one["splits"].values() for s in split["shards"]):

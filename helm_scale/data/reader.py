@@ -1,6 +1,6 @@
 """Random access to a split's sequences by global index: the one reader of shards.
 
-A shard (format 2, see helm_scale.shard_format) holds chunks of consecutive sequences.
+A shard (format 3, see helm_scale.shard_format) holds chunks of consecutive sequences.
 The manifest lists every chunk's sample count, so a global index maps to (shard, chunk,
 offset) by a binary search over the chunk ends, without touching data. Shards are
 opened with wids' mmap tar index (one header scan, then any member by name), so a
@@ -21,7 +21,7 @@ import numpy as np
 import zstandard
 
 from helm_scale.codon import Vocabulary
-from helm_scale.shard_format import (LENGTHS_MEMBER, META_MEMBER, SPLITS, TOKENS_MEMBER, Chunk,
+from helm_scale.shard_format import (META_MEMBER, SPLITS, TOKENS_MEMBER, Chunk,
                                      ShardError, chunk_table, decode_chunk, decode_lengths,
                                      decode_meta, read_manifest, sample_key)
 
@@ -126,7 +126,7 @@ class SplitReader:
             return cached
         first = int(self.chunk_firsts[number])
         sample = {"__key__": sample_key(first), TOKENS_MEMBER: self._member(number, TOKENS_MEMBER),
-                  LENGTHS_MEMBER: self._member(number, LENGTHS_MEMBER)}
+                  META_MEMBER: self._member(number, META_MEMBER)}
         decoded = decode_chunk(sample, self.token_dtype.name, int(self.chunk_samples[number]), first,
                                self._where(number), self._d())
         self._cache[number] = decoded
@@ -164,12 +164,12 @@ class SplitReader:
         return decode_meta(sample, int(self.chunk_samples[number]), self._where(number), self._d())
 
     def codon_lengths(self) -> np.ndarray:
-        """Codon count of every sample, from the small lengths members alone (the tokens
+        """Codon count of every sample, from the small meta members alone (the tokens
         stay compressed): what packing needs before the first batch."""
         out = np.empty(self.num_samples, dtype=np.int64)
         for number in range(self.num_chunks):
             first, n = int(self.chunk_firsts[number]), int(self.chunk_samples[number])
-            lengths = decode_lengths(self._member(number, LENGTHS_MEMBER), n, self._where(number), self._d())
+            lengths = decode_lengths(self._member(number, META_MEMBER), n, self._where(number), self._d())
             if int(lengths.sum()) != int(self.chunk_tokens[number]):
                 raise ShardError(f"{self._where(number)}: lengths sum to {int(lengths.sum())} tokens, "
                                  f"the manifest says {int(self.chunk_tokens[number])}")
