@@ -91,11 +91,13 @@ def process_batch(data: bytes, starts: np.ndarray, ends: np.ndarray, has_group: 
 
     has = codons > 0
     # Stops are few (about one per record): find them, then count them per record.
-    tokens = np.append(batch.tokens, vocab.pad_id)  # so that empty records index something
-    stops = np.flatnonzero(_is_stop(tokens, vocab))
+    stops = np.flatnonzero(_is_stop(batch.tokens, vocab))
     n_stops = np.bincount(np.searchsorted(offsets[1:], stops, side="right"), minlength=len(batch))
-    last_is_stop = has & np.isin(tokens[np.maximum(offsets[1:] - 1, 0)], _stop_ids(vocab))
-    first_is_start = has & (tokens[offsets[:-1]] == vocab.index[START_CODON])
+    last_is_stop = first_is_start = np.zeros(len(batch), dtype=bool)
+    if len(batch.tokens):
+        last_is_stop = has & np.isin(batch.tokens[np.maximum(offsets[1:] - 1, 0)], _stop_ids(vocab))
+        first_is_start = has & (batch.tokens[np.minimum(offsets[:-1], len(batch.tokens) - 1)]
+                                == vocab.index[START_CODON])
 
     mark(batch.bases == 0, "empty_sequence")
     mark(batch.invalid, "invalid_characters")

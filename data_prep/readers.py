@@ -115,18 +115,17 @@ class _LineCounter:
                              f"corrupt or truncated compressed data ({e})") from e
 
 
-def _blocks(stream, source: str, size: int = 1 << 20) -> Iterator[bytes]:
-    """Decompressed blocks: FASTA parsing on whole blocks (bytes.split, bytes.count)
-    costs a fraction of a per-line Python loop."""
-    line = 1
+def _blocks(stream, source: str, size: int, line_now) -> Iterator[bytes]:
+    """Decompressed blocks: FASTA parsing on whole blocks (NumPy passes over the bytes)
+    costs a fraction of a per-line Python loop. ``line_now()`` tells the line the next
+    block starts at (asked only to name one in an error: counting costs a pass)."""
     try:
         while block := stream.read(size):
             if not block.isascii() or b"\x00" in block:
-                raise _binary_error(source, line, block)
+                raise _binary_error(source, line_now(), block)
             yield block
-            line += block.count(b"\n")
     except _DECOMPRESSION_ERRORS as e:
-        raise InputError(source, line, f"corrupt or truncated compressed data ({e})") from e
+        raise InputError(source, line_now(), f"corrupt or truncated compressed data ({e})") from e
 
 
 class TrackedFile(io.RawIOBase):
@@ -204,7 +203,7 @@ def read_batches(path: Path, spec: InputSpec, raw: TrackedFile | None = None,
         raise InputError(source, None, "file is empty (a failed download?); remove it or fix it")
     with _decompressed(path, raw or TrackedFile(path)) as stream:
         if fmt == "fasta":
-            yield from _fasta(_blocks(stream, source, batch_bytes), source, spec)
+            yield from _fasta(stream, batch_bytes, source, spec)
             return
         records = (_plain_lines(_LineCounter(stream, source)) if fmt == "lines" else
                    _table(_LineCounter(stream, source), spec, delimiter="\t" if fmt == "tsv" else ","))
@@ -227,56 +226,72 @@ def read_records(path: Path, spec: InputSpec, raw: TrackedFile | None = None) ->
                             batch.groups[i] if batch.groups is not None else None)
 
 
-def _fasta(blocks, source: str, spec: InputSpec) -> Iterator[RecordBatch]:
+def _fasta(stream, block_bytes: int, source: str, spec: InputSpec) -> Iterator[RecordBatch]:
     """Cuts the stream at the last record start of each block and parses what precedes
     it as one batch; a record longer than a block simply waits for more blocks."""
     group_re = re.compile(spec.group_regex) if spec.group_regex else None
     parts, start_line, first, any_data = [], 1, True, False
-    for block in blocks:
+    line_now = lambda: start_line + sum(p.count(b"\n") for p in parts)  # noqa: E731
+    for block in _blocks(stream, source, block_bytes, line_now):
         any_data = True
-        probe = (parts[-1][-1:] if parts else b"") + block
-        cut = probe.rfind(b"\n>") - (len(probe) - len(block))  # index in block of that newline
-        if cut < -1 or (cut == -1 and not parts):
-            parts.append(block)
-            continue
-        text = b"".join(parts) + block[:cut + 1]
-        if batch := _fasta_batch(text, start_line, first, source, group_re):
+        cut = block.rfind(b"\n>")  # index in block of the newline before the last header
+        if cut < 0:
+            if not (parts and parts[-1].endswith(b"\n") and block.startswith(b">")):
+                parts.append(block)
+                continue
+            cut = -1  # that newline ended the previous block
+        text = b"".join([*parts, memoryview(block)[:cut + 1]])
+        batch, newlines = _fasta_batch(text, start_line, first, source, group_re)
+        if batch:
             yield batch
-        first, start_line = False, start_line + text.count(b"\n")
+        first, start_line = False, start_line + newlines
         parts = [block[cut + 1:]]
     if any(parts):
-        if batch := _fasta_batch(b"".join(parts), start_line, first, source, group_re):
+        batch, _ = _fasta_batch(b"".join(parts), start_line, first, source, group_re)
+        if batch:
             yield batch
     elif not any_data:
         raise InputError(source, None, "no content after decompression")
 
 
-def _fasta_batch(text: bytes, line: int, first: bool, source: str, group_re) -> RecordBatch | None:
-    """Whole records (``text`` starts at a header) as columns. Record boundaries come from
-    NumPy passes over the bytes; only the headers are touched by Python."""
+# What str.split() splits ASCII text on, besides the newline.
+_HEADER_SPACE = b" \t\r\x0b\x0c\x1c\x1d\x1e\x1f"
+
+
+def _fasta_batch(text: bytes, line: int, first: bool, source: str,
+                 group_re) -> tuple[RecordBatch | None, int]:
+    """Whole records (``text`` starts at a header) as columns, and the newlines in
+    ``text``. Record boundaries come from NumPy passes over the bytes."""
+    lead_lines = 0
     if first and not text.startswith(b">"):
         end = text.find(b"\n>")
         lead = text if end < 0 else text[:end + 1]
         for i, row in enumerate(lead.split(b"\n")):
             if row.strip() and not row.startswith(b";"):
                 raise InputError(source, line + i, "sequence before the first '>' header")
-        line, text = line + lead.count(b"\n"), text[len(lead):]
+        lead_lines = lead.count(b"\n")
+        line, text = line + lead_lines, text[len(lead):]
     if not text:
-        return None
+        return None, lead_lines
     a = np.frombuffer(text, dtype=np.uint8)
     newlines = np.flatnonzero(a == 10)
     marks = np.flatnonzero(a == 62)
     heads = marks[(marks == 0) | (a[marks - 1] == 10)]  # '>' opening a line
     head_ends = np.append(newlines, len(text))[np.searchsorted(newlines, heads)]
     lines = line + np.searchsorted(newlines, heads)
-    words = [text[h + 1:e].decode().split(None, 1) for h, e in zip(heads.tolist(), head_ends.tolist())]
-    ids = [w[0] if w else f"{source}:{n}" for w, n in zip(words, lines.tolist())]
+    headers = [text[h + 1:e] for h, e in zip(heads.tolist(), head_ends.tolist())]
+    joined = b"\n".join(headers)
+    if (head_ends - heads > 1).all() and len(joined.translate(None, _HEADER_SPACE)) == len(joined):
+        ids = joined.decode().split("\n")  # the usual case: each header is one word
+    else:
+        words = [h.decode().split(None, 1) for h in headers]
+        ids = [w[0] if w else f"{source}:{n}" for w, n in zip(words, lines.tolist())]
     groups = None
     if group_re is not None:
-        groups = [_group(group_re, text[h + 1:e].strip().decode())
-                  for h, e in zip(heads.tolist(), head_ends.tolist())]
-    return RecordBatch(text, np.minimum(head_ends + 1, len(text)), np.append(heads[1:], len(text)),
-                       ids, lines, groups)
+        groups = [_group(group_re, h.strip().decode()) for h in headers]
+    batch = RecordBatch(text, np.minimum(head_ends + 1, len(text)), np.append(heads[1:], len(text)),
+                        ids, lines, groups)
+    return batch, lead_lines + len(newlines)
 
 
 def _group(group_re, header: str) -> str | None:
