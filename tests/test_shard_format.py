@@ -1,6 +1,6 @@
-"""Shard format 2: chunks of sequences per tar member, read back whole and exactly; chunk
-boundaries; damaged members caught by verify and by the loader; format 1 refused; and
-the loader's stream identical to the one the format-1 code produced."""
+"""Shard format 3: chunks of sequences per tar member, read back whole and exactly; chunk
+boundaries; damaged members caught by verify and by the loader; formats 1 and 2 refused;
+and the loader's stream identical to the one the format-1 code produced."""
 import io
 import json
 import tarfile
@@ -86,7 +86,7 @@ def test_chunks_are_cut_at_the_target_and_the_last_one_is_short(dataset):
     for shard in shards:  # plain tars: wids indexes them, one sample per chunk, keyed by its first index
         tar = IndexedTarSamples(path=str(dataset / shard["path"]), expected_size=len(shard["chunks"]))
         assert tar[0]["__key__"] == shard["first_key"]
-        assert set(tar[0]) == {"__key__", ".tokens.zst", ".lengths.zst", ".meta.json.zst"}
+        assert set(tar[0]) == {"__key__", ".tokens.zst", ".meta.zst"}
         tar.close()
 
 
@@ -126,10 +126,13 @@ def _recompress(fn):
     return lambda data: zstandard.ZstdCompressor().compress(fn(zstandard.ZstdDecompressor().decompress(data)))
 
 
-def _bump_first(raw: bytes) -> bytes:
-    lengths = np.frombuffer(raw, dtype="<u4").copy()
-    lengths[0] += 1
-    return lengths.tobytes()
+def _bump_first_length(raw: bytes) -> bytes:
+    """Lengths are the meta member's first column: add 1 to the low byte of the first."""
+    size = int.from_bytes(raw[:4], "little")
+    assert json.loads(raw[4:4 + size])["columns"][0][0] == "lengths"
+    data = bytearray(raw)
+    data[4 + size] += 1
+    return bytes(data)
 
 
 def _flip(data: bytes) -> bytes:
@@ -140,9 +143,11 @@ def _flip(data: bytes) -> bytes:
 
 DAMAGE = {  # what is done to chunk 1 of the first train shard -> the message that names it
     "tokens bytes flipped": (".tokens.zst", _flip, "tokens member does not decompress"),
-    "lengths sum off by one": (".lengths.zst", _recompress(_bump_first), "lengths sum to"),
-    "lengths entry missing": (".lengths.zst", _recompress(lambda raw: raw[:-4]), "lengths member holds"),
-    "metadata not json": (".meta.json.zst", _recompress(lambda raw: raw[:-9]), "metadata member"),
+    "meta bytes flipped": (".meta.zst", _flip, "meta member does not decompress"),
+    "lengths sum off by one": (".meta.zst", _recompress(_bump_first_length), "lengths sum to"),
+    "meta column cut short": (".meta.zst", _recompress(lambda raw: raw[:-1]), "meta member"),
+    "meta header not json": (".meta.zst", _recompress(lambda raw: raw[:4] + b"[" + raw[5:]),
+                             "not the columns of format 3"),
 }
 
 
@@ -156,28 +161,27 @@ def test_damaged_members_are_named_by_verify_and_by_the_loader(dataset, tmp_path
     _rewrite_member(root / shard, suffix, edit)
     problems = "\n".join(verify(root))
     assert f"{shard} chunk 1" in problems and message in problems, problems
-    if suffix == ".meta.json.zst":
-        return  # the loader never reads metadata
     cfg = dict(dataset_dir=str(root), seq_len=128, micro_batch_size=8, num_workers=0, shuffle=False)
     with pytest.raises(ShardError, match=f"{shard} chunk 1 .*{message}"):
         list(build_loader(LoaderConfig(**cfg)))
-    if suffix == ".lengths.zst":  # packing reads every lengths member at start-up
-        with pytest.raises(ShardError, match=message):
+    if suffix == ".meta.zst" and "does not decompress" not in message:  # packing reads every
+        with pytest.raises(ShardError, match=message):                   # lengths column at start-up
             build_loader(LoaderConfig(**cfg, pack=True))
 
 
-def test_format_1_datasets_are_refused_with_the_command_that_rebuilds_them(dataset, tmp_path, capsys):
+@pytest.mark.parametrize("old", ["helm-scale-shards/1", "helm-scale-shards/2"])
+def test_older_formats_are_refused_with_the_command_that_rebuilds_them(dataset, tmp_path, capsys, old):
     import shutil
 
     from helm_scale.cli import main
     root = tmp_path / "old"
     shutil.copytree(dataset, root)
     manifest = json.loads((root / "manifest.json").read_text())
-    (root / "manifest.json").write_text(json.dumps({**manifest, "format": "helm-scale-shards/1"}))
+    (root / "manifest.json").write_text(json.dumps({**manifest, "format": old}))
     rebuild = f"helm-scale prep {manifest['inputs'][0]['path']} -o {root} --overwrite"
     with pytest.raises(ValueError) as e:
         build_loader(LoaderConfig(str(root), num_workers=0))
-    assert "helm-scale-shards/1" in str(e.value) and rebuild in str(e.value)
+    assert old in str(e.value) and rebuild in str(e.value)
     with pytest.raises(EvalInputError, match="--overwrite"):
         read_sequences(root, "val")
     assert main(["verify", str(root), "--quiet"]) == 2

@@ -98,7 +98,7 @@ def with_specials(codons: np.ndarray, seq_len: int, vocab: Vocabulary) -> np.nda
 
 
 class Collator:
-    """Builds one micro-batch from rows of (sample index, token array with specials)."""
+    """Builds one micro-batch from rows of samples (each sample's codons, no specials)."""
 
     def __init__(self, vocab: Vocabulary, seq_len: int, objective: str, seed: int,
                  masking: MaskingSpec = MaskingSpec(), pad_to_multiple_of: int = 0):
@@ -111,50 +111,72 @@ class Collator:
         self._is_special = np.zeros(len(vocab), dtype=bool)
         self._is_special[list(vocab.special_ids)] = True
 
-    def __call__(self, rows: list[list[tuple[int, np.ndarray]]], epoch: int) -> torch.Tensor:
-        """The batch as one ``[5, B, L]`` int64 tensor; :func:`unpack_batch` makes the dict."""
-        # One vectorised scatter for the whole batch: per-row numpy calls cost more than
-        # the reading at HELM's ~130-token sequences.
-        b, length = len(rows), self.seq_len
-        lens = np.array([len(t) for row in rows for _, t in row], dtype=np.int64)
-        row_of = np.repeat(np.arange(b), [len(row) for row in rows])
-        row_fill = np.bincount(row_of, weights=lens, minlength=b).astype(np.int64)
+    def stream(self, codons: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Every sample's ``<cls> codons <eos>`` (cut to seq_len, as :func:`with_specials`)
+        concatenated as int64, and each one's length: NumPy over the whole batch."""
+        n_codons = np.fromiter(map(len, codons), dtype=np.int64, count=len(codons))
+        flat = np.concatenate(codons) if codons else np.zeros(0, np.uint8)
+        kept = np.minimum(n_codons, self.seq_len - 1)
+        lengths = np.minimum(n_codons + 2, self.seq_len)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        if (kept < n_codons).any():  # drop the codons past seq_len - 1 of the cut ones
+            within = np.arange(len(flat)) - np.repeat(np.cumsum(n_codons) - n_codons, n_codons)
+            flat = flat[within < np.repeat(kept, n_codons)]
+        uncut = n_codons + 2 <= self.seq_len  # room for <eos> (n = seq_len - 1 keeps every codon, no <eos>)
+        out = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+        is_codon = np.ones(len(out), dtype=bool)
+        is_codon[starts] = False
+        eos = (starts + kept + 1)[uncut]
+        is_codon[eos] = False
+        out[is_codon] = flat
+        out[starts] = self.vocab.cls_id
+        out[eos] = self.vocab.eos_id
+        return out, lengths
+
+    def __call__(self, samples: np.ndarray, codons: list[np.ndarray], row_sizes: np.ndarray,
+                 epoch: int) -> torch.Tensor:
+        """The batch as one ``[5, B, L]`` int64 tensor; :func:`unpack_batch` makes the dict.
+        Row r holds the next ``row_sizes[r]`` of ``samples`` (global indices) in order."""
+        # Vectorised over the whole batch: the rows' real tokens, in row-major order, are
+        # exactly the samples' token streams concatenated, so each field is one boolean-
+        # mask assignment into a padded buffer (no per-row or per-sample NumPy calls).
+        tokens, lengths = self.stream(codons)
+        row_sizes = np.asarray(row_sizes, dtype=np.int64)
+        b, length = len(row_sizes), self.seq_len
+        row_first = np.cumsum(row_sizes) - row_sizes
+        row_fill = np.add.reduceat(lengths, row_first) if len(lengths) else np.zeros(b, np.int64)
         longest = int(row_fill.max(initial=0))
         if longest > length:
             raise ValueError(f"a row of {longest} tokens exceeds seq_len {length}")
         if self.pad_to_multiple_of:
             k = self.pad_to_multiple_of
             length = min(length, max(-(-longest // k) * k, k))
-        seg_ends = np.cumsum(lens)
-        seg_starts = seg_ends - lens
-        row_first_seg = np.searchsorted(row_of, np.arange(b))  # rows are grouped in order
-        offset_in_row = seg_starts - seg_starts[row_first_seg][row_of]
-        within = np.arange(int(seg_ends[-1]) if len(lens) else 0) - np.repeat(seg_starts, lens)
-        flat = np.repeat(row_of * length + offset_in_row, lens) + within
-        tokens = np.concatenate([t for row in rows for _, t in row]) if len(lens) else np.zeros(0, np.int64)
-        seg_number = np.arange(len(lens)) - row_first_seg[row_of] + 1
+        real = np.arange(length) < row_fill[:, None]
+        seg_ends = np.cumsum(lengths)
+        positions = np.arange(len(tokens)) - np.repeat(seg_ends - lengths, lengths)
+        sample_of = np.repeat(np.asarray(samples, dtype=np.int64), lengths)
+        if self.objective == "clm":
+            labels = np.empty_like(tokens)
+            labels[:-1] = tokens[1:]
+            labels[seg_ends - 1] = IGNORE_INDEX  # last token: next is another sequence
+        else:
+            tokens, labels = self._mask(tokens, sample_of, positions, epoch)
 
         # One buffer for all int64 fields: a worker hands the main process one shared-memory
         # block per batch instead of five (measured: the per-tensor transfer dominated).
         stacked = np.empty((len(_STACKED), b, length), dtype=np.int64)
-        ids, labels, positions, segments, samples = stacked
-        ids.fill(self.vocab.pad_id)
-        labels.fill(IGNORE_INDEX)
-        positions.fill(0)
-        segments.fill(0)
-        samples.fill(-1)
-        ids.flat[flat] = tokens
-        positions.flat[flat] = within
-        segments.flat[flat] = np.repeat(seg_number, lens)
-        samples.flat[flat] = np.repeat([i for row in rows for i, _ in row], lens)
-        if self.objective == "clm":
-            labels.flat[flat[:-1]] = tokens[1:]
-            labels.flat[flat[seg_ends - 1]] = IGNORE_INDEX  # last token: next is another sequence
-        else:
-            ids[...], labels[...] = self._mask(ids, samples, positions, epoch)
+        for buffer, fill, values in zip(stacked, (self.vocab.pad_id, IGNORE_INDEX, 0, 0, -1), (
+                tokens, labels, positions,
+                np.repeat(np.arange(len(lengths)) - np.repeat(row_first, row_sizes) + 1, lengths),
+                sample_of)):
+            buffer.fill(fill)
+            buffer[real] = values
         return torch.from_numpy(stacked)
 
     def _mask(self, ids, samples, positions, epoch):
+        """MLM over the real tokens only: each draw is keyed by (sample, position), so it
+        does not matter which tokens are drawn for; padding is special, never masked."""
         select = token_uniforms(self.seed, epoch, _MASK_SELECT, samples, positions) < self.masking.prob
         select &= ~self._is_special[ids]
         labels = np.where(select, ids, IGNORE_INDEX)

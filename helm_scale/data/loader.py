@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from helm_scale.codon import Vocabulary
 from helm_scale.shard_format import read_manifest
 
-from .batches import Collator, MaskingSpec, unpack_batch, with_specials
+from .batches import Collator, MaskingSpec, unpack_batch
 from .order import EpochOrder, RowPlan
 from .reader import SplitReader, check_manifest
 
@@ -111,10 +111,9 @@ class _MicroBatches(Dataset):
         mb = self.cfg.micro_batch_size
         start = first_row + self.dp_rank * mb
         rows = self.plan(epoch).rows(start, start + mb)
-        vocab, seq_len = self.cfg.vocabulary, self.cfg.seq_len
-        codons = iter(self.reader.tokens_of(np.concatenate(rows)))
-        tokens = [[(int(i), with_specials(next(codons), seq_len, vocab)) for i in row] for row in rows]
-        return self.collator(tokens, epoch)
+        samples = np.concatenate(rows)
+        return self.collator(samples, self.reader.tokens_of(samples), np.fromiter(map(len, rows), np.int64, len(rows)),
+                             epoch)
 
 
 class _StepKeys(Sampler):
