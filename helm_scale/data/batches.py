@@ -38,7 +38,10 @@ _STACKED = ("input_ids", "labels", "position_ids", "segment_ids", "sample_ids")
 def unpack_batch(stacked: torch.Tensor) -> dict[str, torch.Tensor]:
     """The batch dict as views of the stacked tensor (pinned if it is), plus loss_mask."""
     batch = dict(zip(_STACKED, stacked.unbind(0)))
-    loss_mask = batch["labels"] != IGNORE_INDEX
+    # NumPy, not a torch op: torch runs even this compare on its intra-op thread pool, whose
+    # hand-off costs milliseconds a batch when the cores are busy (measured: 10x on a loaded
+    # 2-core machine), and the main process is where a loader's time counts.
+    loss_mask = torch.from_numpy(batch["labels"].numpy() != IGNORE_INDEX)
     # Made here, after the DataLoader pinned the block: pin it too, or its host-to-device
     # copy would be the one synchronous transfer of the step.
     batch["loss_mask"] = loss_mask.pin_memory() if stacked.is_pinned() else loss_mask
