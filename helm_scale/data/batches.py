@@ -35,17 +35,43 @@ _MASK_SELECT, _MASK_REPLACE, _MASK_RANDOM_TOKEN = 11, 12, 13
 _STACKED = ("input_ids", "labels", "position_ids", "segment_ids", "sample_ids")
 
 
-def unpack_batch(stacked: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The batch dict as views of the stacked tensor (pinned if it is), plus loss_mask."""
-    batch = dict(zip(_STACKED, stacked.unbind(0)))
+def unpack_batch(block: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The batch dict of a collated block (pinned if the block is), plus loss_mask.
+
+    A block is ``[5, B, L]`` int64 (the fields stacked: the dict holds views), or, as
+    workers send it, a compact ``[B, 8 + L (4 s + 8)]`` uint8 block (see
+    :func:`compact_fields`): 2.5x fewer bytes through shared memory, whose per-byte cost
+    bounds a worker's batches; widened here."""
+    if block.dtype == torch.uint8:
+        raw = block.numpy()
+        fields = compact_fields(raw, (raw.shape[1] - 8) // (4 * int(raw[0, 0]) + 8))
+        wide = torch.empty((len(_STACKED), raw.shape[0], fields[0].shape[1]), dtype=torch.int64,
+                           pin_memory=block.is_pinned())
+        for out, field in zip(wide.numpy(), fields):
+            out[...] = field
+        block = wide
+    batch = dict(zip(_STACKED, block.unbind(0)))
     # NumPy, not a torch op: torch runs even this compare on its intra-op thread pool, whose
     # hand-off costs milliseconds a batch when the cores are busy (measured: 10x on a loaded
     # 2-core machine), and the main process is where a loader's time counts.
     loss_mask = torch.from_numpy(batch["labels"].numpy() != IGNORE_INDEX)
     # Made here, after the DataLoader pinned the block: pin it too, or its host-to-device
     # copy would be the one synchronous transfer of the step.
-    batch["loss_mask"] = loss_mask.pin_memory() if stacked.is_pinned() else loss_mask
+    batch["loss_mask"] = loss_mask.pin_memory() if block.is_pinned() else loss_mask
     return {k: batch[k] for k in BATCH_KEYS}
+
+
+def compact_fields(block: np.ndarray, length: int, small: np.dtype | None = None) -> list[np.ndarray]:
+    """Views of the five ``[B, length]`` fields in a compact block: per row an 8-byte
+    header (byte 0: s), input_ids, labels, position_ids and segment_ids as s-byte ints,
+    then sample_ids as int64 (every field starts 8-byte aligned). ``small`` sets s when
+    the block is being made."""
+    if small is not None:
+        block[:, 0] = np.dtype(small).itemsize
+    small = np.dtype(f"<i{int(block[0, 0])}") if small is None else np.dtype(small)
+    width = length * small.itemsize
+    return [block[:, 8 + k * width:8 + (k + 1) * width].view(small) for k in range(4)] + \
+        [block[:, 8 + 4 * width:].view(np.int64)]
 
 
 @dataclass(frozen=True)
@@ -104,13 +130,16 @@ class Collator:
     """Builds one micro-batch from rows of samples (each sample's codons, no specials)."""
 
     def __init__(self, vocab: Vocabulary, seq_len: int, objective: str, seed: int,
-                 masking: MaskingSpec = MaskingSpec(), pad_to_multiple_of: int = 0):
+                 masking: MaskingSpec = MaskingSpec(), pad_to_multiple_of: int = 0,
+                 compact: bool = False):
         if objective not in ("clm", "mlm"):
             raise ValueError(f"objective must be 'clm' or 'mlm', not {objective!r}")
         if pad_to_multiple_of < 0:
             raise ValueError("pad_to_multiple_of must be >= 0 (0: every row seq_len long)")
         self.vocab, self.seq_len, self.objective, self.seed = vocab, seq_len, objective, seed
         self.masking, self.pad_to_multiple_of = masking, pad_to_multiple_of
+        # compact: the block a worker sends (see compact_fields), small ints where they fit
+        self.small = (np.int16 if max(seq_len, len(vocab)) < 1 << 15 else np.int32) if compact else None
         self._is_special = np.zeros(len(vocab), dtype=bool)
         self._is_special[list(vocab.special_ids)] = True
 
@@ -139,8 +168,8 @@ class Collator:
 
     def __call__(self, samples: np.ndarray, codons: list[np.ndarray], row_sizes: np.ndarray,
                  epoch: int) -> torch.Tensor:
-        """The batch as one ``[5, B, L]`` int64 tensor; :func:`unpack_batch` makes the dict.
-        Row r holds the next ``row_sizes[r]`` of ``samples`` (global indices) in order."""
+        """The batch as one block (``[5, B, L]`` int64, or compact); :func:`unpack_batch`
+        makes the dict. Row r holds the next ``row_sizes[r]`` of ``samples`` in order."""
         # Vectorised over the whole batch: the rows' real tokens, in row-major order, are
         # exactly the samples' token streams concatenated, so each field is one boolean-
         # mask assignment into a padded buffer (no per-row or per-sample NumPy calls).
@@ -166,16 +195,21 @@ class Collator:
         else:
             tokens, labels = self._mask(tokens, sample_of, positions, epoch)
 
-        # One buffer for all int64 fields: a worker hands the main process one shared-memory
+        # One buffer for all fields: a worker hands the main process one shared-memory
         # block per batch instead of five (measured: the per-tensor transfer dominated).
-        stacked = np.empty((len(_STACKED), b, length), dtype=np.int64)
-        for buffer, fill, values in zip(stacked, (self.vocab.pad_id, IGNORE_INDEX, 0, 0, -1), (
+        if self.small is None:
+            block = np.empty((len(_STACKED), b, length), dtype=np.int64)
+            fields = list(block)
+        else:
+            block = np.empty((b, 8 + length * (4 * np.dtype(self.small).itemsize + 8)), dtype=np.uint8)
+            fields = compact_fields(block, length, self.small)
+        for buffer, fill, values in zip(fields, (self.vocab.pad_id, IGNORE_INDEX, 0, 0, -1), (
                 tokens, labels, positions,
                 np.repeat(np.arange(len(lengths)) - np.repeat(row_first, row_sizes) + 1, lengths),
                 sample_of)):
             buffer.fill(fill)
             buffer[real] = values
-        return torch.from_numpy(stacked)
+        return torch.from_numpy(block)
 
     def _mask(self, ids, samples, positions, epoch):
         """MLM over the real tokens only: each draw is keyed by (sample, position), so it

@@ -91,7 +91,7 @@ class _MicroBatches(Dataset):
         self.codon_lengths = codon_lengths
         self.collator = Collator(cfg.vocabulary, cfg.seq_len, cfg.objective, cfg.seed,
                                  MaskingSpec(cfg.mask_prob, tuple(cfg.mask_replace_ratios)),
-                                 cfg.pad_to_multiple_of)
+                                 cfg.pad_to_multiple_of, compact=cfg.num_workers > 0)
         self._plans: dict[int, RowPlan] = {}
 
     def __getstate__(self):
