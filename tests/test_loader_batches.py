@@ -234,3 +234,21 @@ def test_real_antibody_corpus_is_read_whole_and_exactly(tmp_path):
                 assert b["input_ids"][r, span].tolist() == _expected(truth[sample], 444)
                 seen += 1
     assert len(truth) - 32 * 10 < seen <= len(truth)  # all but the dropped last rows
+
+
+@pytest.mark.parametrize("seq_len", [64, 40_000])  # 2-byte fields; 4-byte once they overflow
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_the_compact_block_workers_send_unpacks_to_the_same_batch(seq_len, objective):
+    from helm_scale.data.batches import Collator, unpack_batch
+    rng = np.random.default_rng(seq_len)
+    row_sizes = np.array([1, 3, 1, 2, 5])
+    room = seq_len // 5 - 2  # five sequences with their specials fit in a row
+    codons = [rng.integers(5, 69, size=rng.integers(1, room)).astype(np.uint8) for _ in range(row_sizes.sum())]
+    codons[0] = rng.integers(5, 69, size=seq_len + 7).astype(np.uint8)  # alone in its row, cut
+    samples = rng.integers(0, 10**12, size=row_sizes.sum())
+    batches = [unpack_batch(Collator(VOCAB, seq_len, objective, seed=3, compact=compact)(samples, codons, row_sizes, 2))
+               for compact in (False, True)]
+    for key in batches[0]:
+        assert batches[0][key].dtype == batches[1][key].dtype and torch.equal(batches[0][key], batches[1][key]), key
+    assert int(batches[1]["segment_ids"][4].max()) == 5 and batches[1]["sample_ids"][0, 0] == samples[0]
+    assert batches[1]["sample_ids"][2, -1] == -1 and batches[1]["input_ids"][0, -1] != VOCAB.eos_id

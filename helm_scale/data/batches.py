@@ -39,16 +39,16 @@ def unpack_batch(block: torch.Tensor) -> dict[str, torch.Tensor]:
     """The batch dict of a collated block (pinned if the block is), plus loss_mask.
 
     A block is ``[5, B, L]`` int64 (the fields stacked: the dict holds views), or, as
-    workers send it, a compact ``[B, 8 + L (4 s + 8)]`` uint8 block (see
-    :func:`compact_fields`): 2.5x fewer bytes through shared memory, whose per-byte cost
-    bounds a worker's batches; widened here."""
+    workers send it, a compact uint8 block (:class:`CompactLayout`): 5x fewer bytes
+    through shared memory, whose per-byte cost bounds a worker's batches; widened here."""
     if block.dtype == torch.uint8:
         raw = block.numpy()
-        fields = compact_fields(raw, (raw.shape[1] - 8) // (4 * int(raw[0, 0]) + 8))
-        wide = torch.empty((len(_STACKED), raw.shape[0], fields[0].shape[1]), dtype=torch.int64,
+        small, segments, samples = CompactLayout.of(raw).fields(raw)
+        wide = torch.empty((len(_STACKED), raw.shape[0], small.shape[2]), dtype=torch.int64,
                            pin_memory=block.is_pinned())
-        for out, field in zip(wide.numpy(), fields):
-            out[...] = field
+        out = wide.numpy()
+        out[:4] = small
+        out[4] = np.take_along_axis(samples, out[3], axis=1)  # segment 0 (padding) -> -1
         block = wide
     batch = dict(zip(_STACKED, block.unbind(0)))
     # NumPy, not a torch op: torch runs even this compare on its intra-op thread pool, whose
@@ -61,17 +61,38 @@ def unpack_batch(block: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: batch[k] for k in BATCH_KEYS}
 
 
-def compact_fields(block: np.ndarray, length: int, small: np.dtype | None = None) -> list[np.ndarray]:
-    """Views of the five ``[B, length]`` fields in a compact block: per row an 8-byte
-    header (byte 0: s), input_ids, labels, position_ids and segment_ids as s-byte ints,
-    then sample_ids as int64 (every field starts 8-byte aligned). ``small`` sets s when
-    the block is being made."""
-    if small is not None:
-        block[:, 0] = np.dtype(small).itemsize
-    small = np.dtype(f"<i{int(block[0, 0])}") if small is None else np.dtype(small)
-    width = length * small.itemsize
-    return [block[:, 8 + k * width:8 + (k + 1) * width].view(small) for k in range(4)] + \
-        [block[:, 8 + 4 * width:].view(np.int64)]
+@dataclass(frozen=True)
+class CompactLayout:
+    """A worker's batch as ``[B, 16 + 4 L s + 8 (K + 1)]`` uint8: per row a 16-byte header
+    (item size s, L, K as int32), input_ids, labels, position_ids and segment_ids as s-byte
+    ints, then the row's sample id per segment number 0..K (-1 for 0, padding). Sample ids
+    per segment instead of per token, and 2-byte fields, are what make it small."""
+
+    small: np.dtype
+    length: int
+    segments: int  # K: the most sequences in one row
+
+    @classmethod
+    def of(cls, block: np.ndarray) -> "CompactLayout":
+        s, length, k = block[0, :12].view(np.int32).tolist()
+        return cls(np.dtype(f"<i{s}"), length, k)
+
+    @property
+    def row_bytes(self) -> int:
+        return 16 + 4 * self.length * self.small.itemsize + 8 * (self.segments + 1)
+
+    def fields(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Views: the four small fields ``[4, B, L]`` (a strided view), segment ids
+        ``[B, L]``, and the per-segment sample ids ``[B, K + 1]``."""
+        width = self.length * self.small.itemsize
+        small = block[:, 16:16 + 4 * width].view(self.small).reshape(len(block), 4, self.length)
+        return small.transpose(1, 0, 2), small[:, 3], block[:, 16 + 4 * width:].view(np.int64)
+
+    def make(self, rows: int) -> np.ndarray:
+        block = np.empty((rows, self.row_bytes), dtype=np.uint8)
+        block[:, :12].view(np.int32)[:] = (self.small.itemsize, self.length, self.segments)
+        block[:, 12:16] = 0
+        return block
 
 
 @dataclass(frozen=True)
@@ -138,7 +159,7 @@ class Collator:
             raise ValueError("pad_to_multiple_of must be >= 0 (0: every row seq_len long)")
         self.vocab, self.seq_len, self.objective, self.seed = vocab, seq_len, objective, seed
         self.masking, self.pad_to_multiple_of = masking, pad_to_multiple_of
-        # compact: the block a worker sends (see compact_fields), small ints where they fit
+        # compact: the block a worker sends (CompactLayout), 2-byte fields where they fit
         self.small = (np.int16 if max(seq_len, len(vocab)) < 1 << 15 else np.int32) if compact else None
         self._is_special = np.zeros(len(vocab), dtype=bool)
         self._is_special[list(vocab.special_ids)] = True
@@ -197,16 +218,19 @@ class Collator:
 
         # One buffer for all fields: a worker hands the main process one shared-memory
         # block per batch instead of five (measured: the per-tensor transfer dominated).
+        seg_number = np.arange(len(lengths)) - np.repeat(row_first, row_sizes) + 1
         if self.small is None:
             block = np.empty((len(_STACKED), b, length), dtype=np.int64)
             fields = list(block)
         else:
-            block = np.empty((b, 8 + length * (4 * np.dtype(self.small).itemsize + 8)), dtype=np.uint8)
-            fields = compact_fields(block, length, self.small)
+            layout = CompactLayout(np.dtype(self.small), length, int(row_sizes.max(initial=0)))
+            block = layout.make(b)
+            fields, _, table = layout.fields(block)
+            fields = list(fields)
+            table.fill(-1)
+            table[np.repeat(np.arange(b), row_sizes), seg_number] = samples
         for buffer, fill, values in zip(fields, (self.vocab.pad_id, IGNORE_INDEX, 0, 0, -1), (
-                tokens, labels, positions,
-                np.repeat(np.arange(len(lengths)) - np.repeat(row_first, row_sizes) + 1, lengths),
-                sample_of)):
+                tokens, labels, positions, np.repeat(seg_number, lengths), sample_of)):
             buffer.fill(fill)
             buffer[real] = values
         return torch.from_numpy(block)
