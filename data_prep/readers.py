@@ -88,7 +88,13 @@ def detect_format(path: Path, strict: bool = True) -> str | None:
     return fmt
 
 
-_DECOMPRESSION_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError)
+try:  # ISA-L's gzip (optional: pip install "helm-scale[fast]"): inflates ~3x faster than
+    # zlib, which on .fa.gz inputs was ~25% of a prep with one worker
+    from isal import igzip as _gzip
+    from isal.isal_zlib import error as _GzipError
+except ImportError:  # pragma: no cover - depends on the environment
+    _gzip, _GzipError = gzip, zlib.error
+_DECOMPRESSION_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, _GzipError, zstandard.ZstdError)
 
 
 def _binary_error(source: str, line: int, block: bytes) -> InputError:
@@ -159,7 +165,7 @@ class TrackedFile(io.RawIOBase):
 def _decompressed(path: Path, raw: TrackedFile):
     compression, _ = _suffixes(path)
     if compression == "gzip":
-        return gzip.GzipFile(fileobj=io.BufferedReader(raw), mode="rb")
+        return _gzip.GzipFile(fileobj=io.BufferedReader(raw), mode="rb")
     if compression == "zstd":
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=False))
     return io.BufferedReader(raw)

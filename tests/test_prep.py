@@ -234,3 +234,15 @@ def test_shared_corpus_preps_and_verifies(tmp_path):
     raw = by_name["raw_antibody_reads.fasta.gz"]  # untrimmed, some reverse-complemented
     assert sum(raw["rejected"].values()) > 0.3 * raw["records"]
     assert verify(tmp_path / "ds") == []
+
+
+def test_gzip_inputs_read_the_same_with_isal_or_zlib(corpus, tmp_path, monkeypatch):
+    import data_prep.readers as readers
+    from data_prep.readers import read_records
+    with_isal = [(r.record_id, r.line, r.sequence) for r in read_records(corpus, InputSpec())]
+    monkeypatch.setattr(readers, "_gzip", gzip)  # the fallback when isal is not installed
+    assert [(r.record_id, r.line, r.sequence) for r in read_records(corpus, InputSpec())] == with_isal
+    truncated = tmp_path / "cut.fa.gz"
+    truncated.write_bytes(corpus.read_bytes()[:len(corpus.read_bytes()) // 2])
+    with pytest.raises(InputError, match="cut.fa.gz.*truncated"):
+        list(read_records(truncated, InputSpec()))
