@@ -6,7 +6,8 @@ Each variant runs in a fresh subprocess (so its peak RSS is its own), one after 
 other in the same run:
 
   naive          per-line FASTA parse, per-codon dict look-up (no shards written)
-  tokenize       prep's reader + vectorised record policy, one core (no shards written)
+  tokenize       prep's batch reader + tokenizer + record policy (with the content hash),
+                 one core (no dedup, splits or shards)
   prep-1         the whole `prep` (dedup, splits, shards, manifest) with 1 worker
   prep-2         the same with 2 workers (per-core figure divides by the cores used)
   base-1/base-2  with ``--baseline REV``: prep-1 and prep-2 of the code at git revision
@@ -59,15 +60,11 @@ def naive(fasta: Path) -> int:
 
 def tokenize_only(fasta: Path) -> int:
     from data_prep.policy import RecordPolicy, process_batch
-    from data_prep.readers import InputSpec, read_records
+    from data_prep.readers import InputSpec, read_batches
     from helm_scale.codon import Vocabulary
-    vocab, policy, n_tokens, batch = Vocabulary.default(), RecordPolicy(frame="trim"), 0, []
-    for record in read_records(fasta, InputSpec()):
-        batch.append(record.sequence)
-        if len(batch) == 4096:
-            n_tokens += sum(len(o.tokens) for o in process_batch(batch, [None] * len(batch), policy, vocab))
-            batch = []
-    n_tokens += sum(len(o.tokens) for o in process_batch(batch, [None] * len(batch), policy, vocab))
+    vocab, policy, n_tokens = Vocabulary.default(), RecordPolicy(frame="trim"), 0
+    for batch in read_batches(fasta, InputSpec()):
+        n_tokens += len(process_batch(batch.data, batch.starts, batch.ends, None, policy, vocab, bytes(16)).tokens)
     return n_tokens
 
 

@@ -3,12 +3,13 @@
 For each corpus in ../shared/data/corpus (*.fasta.gz) and a synthetic one, in one run:
 
   shards      the whole prepared dataset: every shard of every split (tar headers,
-              padding, tokens, lengths and metadata members)
+              padding, and each chunk's meta and tokens frames)
   zstd-3      the same tokens concatenated (all splits, index order) in one zstd-3 frame:
               the floor a format without per-record structure would reach
   input       the .fa.gz the corpus came from
 
-and the shards' bytes split by member kind (tokens, lengths, metadata, tar overhead).
+and the shards' bytes split by kind (tokens; meta: lengths, ids, lines; tar overhead),
+at prep's default zstd level (``--zstd-level``; zstd-3 stays the reference).
 Goals: shards <= 1.15x zstd-3, and smaller than the input. Prints a table and writes
 benchmarks/results/shard_size_cpu.json.
 
@@ -40,17 +41,18 @@ def measure(fasta: Path, out: Path, frame: str, chunk_bytes: int) -> dict:
     from helm_scale.data.reader import SplitReader
     manifest = run_prep(PrepConfig(inputs=[str(fasta)], output=str(out), workers=1, progress=False,
                                    policy=RecordPolicy(frame=frame), chunk_bytes=chunk_bytes))
-    parts = {"tokens": 0, "lengths": 0, "metadata": 0, "tar": 0}
+    parts = {"tokens": 0, "meta": 0, "tar": 0}
     concatenated = []
     for name, split in manifest["splits"].items():
         for shard in split["shards"]:
             path = out / shard["path"]
             member_bytes = 0
             with tarfile.open(path) as tar:
-                for info in tar.getmembers():
-                    kind = ("tokens" if info.name.endswith(".tokens.zst") else
-                            "lengths" if info.name.endswith(".lengths.zst") else "metadata")
-                    parts[kind] += info.size
+                for info in tar.getmembers():  # a chunk member: meta frame, then tokens frame
+                    frames = zstandard.ZstdDecompressor().decompressobj()
+                    frames.decompress(tar.extractfile(info).read())
+                    parts["tokens"] += len(frames.unused_data)
+                    parts["meta"] += info.size - len(frames.unused_data)
                     member_bytes += info.size
             parts["tar"] += path.stat().st_size - member_bytes
         if split["samples"]:
@@ -90,12 +92,12 @@ def main() -> int:
                                 if fasta != synth else "orf", args.chunk_size))
     print(f"chunk size {args.chunk_size:,} bytes of tokens; bytes per codon token on disk")
     print(f"{'corpus':<32} {'tokens':>11} {'shards':>7} {'zstd-3':>7} {'.fa.gz':>7} {'vs zstd-3':>10} "
-          f"{'vs .fa.gz':>10} {'tok/len/meta/tar':>22}")
+          f"{'vs .fa.gz':>10} {'tokens/meta/tar':>20}")
     for r in rows:
         p = r["parts_bytes_per_token"]
         print(f"{r['corpus']:<32} {r['tokens']:>11,} {r['bytes_per_token']:>7.3f} {r['zstd3_bytes_per_token']:>7.3f} "
               f"{r['input_bytes_per_token']:>7.3f} {r['vs_zstd3']:>9.2f}x {r['vs_input']:>9.2f}x "
-              f"{p['tokens']:.3f}/{p['lengths']:.3f}/{p['metadata']:.3f}/{p['tar']:.3f}")
+              f"{p['tokens']:.4f}/{p['meta']:.4f}/{p['tar']:.4f}")
     write_results(args.out, {"benchmark": "shard_size", "chunk_bytes": args.chunk_size,
                              "device": f"cpu ({os.cpu_count()} cores, {platform.machine()})",
                              "goals": {"vs_zstd3": "<= 1.15", "vs_input": "< 1"}, "rows": rows})

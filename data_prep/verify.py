@@ -2,7 +2,7 @@
 
 Checks: each shard's sha256, size, sample and token counts; its chunks, in order, against
 the manifest's chunk list (keys contiguous across a split's shards, sample and token
-counts, each chunk's lengths member against its tokens, metadata for every sequence);
+counts, each chunk's lengths against its tokens, metadata for every sequence);
 every token id is in the vocabulary; no sequence appears twice (when prep removed
 duplicates); per-split and per-input totals add up; no stray or half-written files.
 Exits non-zero with the list of problems if anything is off.
@@ -16,14 +16,14 @@ from pathlib import Path
 from helm_scale.codon import Vocabulary
 import numpy as np
 
-from helm_scale.shard_format import (META_MEMBER, TOKENS_MEMBER, ShardError, chunk_table, decode_chunk,
-                                     decode_meta, read_manifest)
+from helm_scale.shard_format import (CHUNK_MEMBER, ShardError, chunk_table, decode_chunk, decode_meta,
+                                     read_manifest)
 
 from . import shards
 from .dedup import SeenHashes
 from .policy import content_hashes
 
-_MEMBERS = {TOKENS_MEMBER, META_MEMBER}  # as webdataset names them: no dot
+_MEMBERS = {CHUNK_MEMBER}  # as webdataset names them: no dot
 
 
 def verify(dataset_dir, progress: bool = False) -> list[str]:

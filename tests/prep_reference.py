@@ -79,7 +79,7 @@ def _strings(name: str, tables: dict, cols: dict) -> list[str]:
 
 
 def read_meta(raw: bytes) -> tuple[list[int], list[dict]]:
-    """(lengths, metadata) of one decompressed format-3 meta member, read by hand."""
+    """(lengths, metadata) of one decompressed format-3 meta frame, read by hand."""
     size = int.from_bytes(raw[:4], "little")
     header = json.loads(raw[4:4 + size])
     n, at, cols = header["samples"], 4 + size, {}
@@ -99,7 +99,7 @@ def read_meta(raw: bytes) -> tuple[list[int], list[dict]]:
 
 def read_dataset(root) -> dict[str, list[tuple[list[int], dict]]]:
     """Every split's samples in index order: (tokens, metadata), from the tar members of
-    format 3 read by hand (a chunk: its tokens, and its meta member's columns)."""
+    format 3 read by hand (a chunk: its meta frame's columns, then its tokens frame)."""
     manifest, d = read_manifest(root), zstandard.ZstdDecompressor()
     out = {}
     for name, split in manifest["splits"].items():
@@ -108,9 +108,10 @@ def read_dataset(root) -> dict[str, list[tuple[list[int], dict]]]:
             with open(Path(root) / shard["path"], "rb") as stream:
                 for chunk in group_by_keys(tar_file_expander([{"stream": stream, "url": shard["path"]}])):
                     assert int(chunk["__key__"]) == len(rows)
-                    assert set(chunk) - {"__key__", "__url__"} == {"tokens.zst", "meta.zst"}
-                    tokens = list(d.decompress(chunk["tokens.zst"]))
-                    lengths, meta = read_meta(d.decompress(chunk["meta.zst"]))
+                    assert set(chunk) - {"__key__", "__url__"} == {"chunk.zst"}
+                    frames = d.decompressobj()  # two frames: meta, then tokens
+                    lengths, meta = read_meta(frames.decompress(chunk["chunk.zst"]))
+                    tokens = list(d.decompress(frames.unused_data))
                     start = 0
                     for n, m in zip(lengths, meta):
                         rows.append((tokens[start:start + n], m))

@@ -71,7 +71,7 @@ def _tp_dp_checks(rank, world, dataset_dir):
 
 @pytest.fixture(scope="module")
 def two_shard_dataset(tmp_path_factory):
-    path = make_dataset(tmp_path_factory.mktemp("dist") / "two", shard_bytes=16 << 10)
+    path = make_dataset(tmp_path_factory.mktemp("dist") / "two", shard_bytes=8 << 10)
     sizes = [s["samples"] for s in read_manifest(path)["splits"]["train"]["shards"]]
     assert len(sizes) == 2 and sizes[0] != sizes[1]
     return path

@@ -18,7 +18,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def make_dataset(out: Path, n_records: int = 300, median_codons: int = 40,
-                 shard_bytes: int = 8 << 10, seed: int = 7, chunk_bytes: int = 1500) -> Path:
+                 shard_bytes: int = 6 << 10, seed: int = 7, chunk_bytes: int = 1500) -> Path:
     fasta = out.parent / f"{out.name}.fasta"
     # families=0: synth's unstructured corpus, whose shard and chunk layouts the loader tests are sized for
     write_fasta(fasta, generate(n_records, seed=seed, median_codons=median_codons,

@@ -86,7 +86,7 @@ def test_chunks_are_cut_at_the_target_and_the_last_one_is_short(dataset):
     for shard in shards:  # plain tars: wids indexes them, one sample per chunk, keyed by its first index
         tar = IndexedTarSamples(path=str(dataset / shard["path"]), expected_size=len(shard["chunks"]))
         assert tar[0]["__key__"] == shard["first_key"]
-        assert set(tar[0]) == {"__key__", ".tokens.zst", ".meta.zst"}
+        assert set(tar[0]) == {"__key__", ".chunk.zst"}
         tar.close()
 
 
@@ -122,12 +122,24 @@ def _rewrite_member(shard: Path, suffix: str, edit, chunk: int = 1) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def _recompress(fn):
-    return lambda data: zstandard.ZstdCompressor().compress(fn(zstandard.ZstdDecompressor().decompress(data)))
+def _frames(member: bytes) -> tuple[bytes, bytes]:
+    """A chunk member's two frames, decompressed: meta, tokens."""
+    first = zstandard.ZstdDecompressor().decompressobj()
+    meta = first.decompress(member)
+    return meta, zstandard.ZstdDecompressor().decompress(first.unused_data)
+
+
+def _edit(frame: int, fn):
+    """Rewrite one frame (0 meta, 1 tokens) of a chunk member by ``fn(decompressed)``."""
+    def edit(member: bytes) -> bytes:
+        frames = list(_frames(member))
+        frames[frame] = fn(frames[frame])
+        return b"".join(zstandard.ZstdCompressor().compress(f) for f in frames)
+    return edit
 
 
 def _bump_first_length(raw: bytes) -> bytes:
-    """Lengths are the meta member's first column: add 1 to the low byte of the first."""
+    """Lengths are the meta frame's first column: add 1 to the low byte of the first."""
     size = int.from_bytes(raw[:4], "little")
     assert json.loads(raw[4:4 + size])["columns"][0][0] == "lengths"
     data = bytearray(raw)
@@ -135,19 +147,26 @@ def _bump_first_length(raw: bytes) -> bytes:
     return bytes(data)
 
 
-def _flip(data: bytes) -> bytes:
-    data = bytearray(data)
-    data[len(data) // 2] ^= 0x55
-    return bytes(data)
+def _flip_in(frame: int):
+    """Flip a byte in the middle of one compressed frame."""
+    def edit(member: bytes) -> bytes:
+        first = zstandard.ZstdDecompressor().decompressobj()
+        first.decompress(member)
+        cut = len(member) - len(first.unused_data)
+        lo, hi = (0, cut) if frame == 0 else (cut, len(member))
+        data = bytearray(member)
+        data[(lo + hi) // 2] ^= 0x55
+        return bytes(data)
+    return edit
 
 
 DAMAGE = {  # what is done to chunk 1 of the first train shard -> the message that names it
-    "tokens bytes flipped": (".tokens.zst", _flip, "tokens member does not decompress"),
-    "meta bytes flipped": (".meta.zst", _flip, "meta member does not decompress"),
-    "lengths sum off by one": (".meta.zst", _recompress(_bump_first_length), "lengths sum to"),
-    "meta column cut short": (".meta.zst", _recompress(lambda raw: raw[:-1]), "meta member"),
-    "meta header not json": (".meta.zst", _recompress(lambda raw: raw[:4] + b"[" + raw[5:]),
-                             "not the columns of format 3"),
+    "tokens bytes flipped": (_flip_in(1), "tokens frame does not decompress"),
+    "meta bytes flipped": (_flip_in(0), "meta frame does not decompress"),
+    "lengths sum off by one": (_edit(0, _bump_first_length), "lengths sum to"),
+    "a token short": (_edit(1, lambda raw: raw[:-1]), "lengths sum to"),
+    "meta column cut short": (_edit(0, lambda raw: raw[:-1]), "meta frame"),
+    "meta header not json": (_edit(0, lambda raw: raw[:4] + b"[" + raw[5:]), "not the columns of format 3"),
 }
 
 
@@ -156,16 +175,16 @@ def test_damaged_members_are_named_by_verify_and_by_the_loader(dataset, tmp_path
     import shutil
     root = tmp_path / "ds"
     shutil.copytree(dataset, root)
-    suffix, edit, message = DAMAGE[damage]
+    edit, message = DAMAGE[damage]
     shard = read_manifest(root)["splits"]["train"]["shards"][0]["path"]
-    _rewrite_member(root / shard, suffix, edit)
+    _rewrite_member(root / shard, ".chunk.zst", edit)
     problems = "\n".join(verify(root))
     assert f"{shard} chunk 1" in problems and message in problems, problems
     cfg = dict(dataset_dir=str(root), seq_len=128, micro_batch_size=8, num_workers=0, shuffle=False)
     with pytest.raises(ShardError, match=f"{shard} chunk 1 .*{message}"):
         list(build_loader(LoaderConfig(**cfg)))
-    if suffix == ".meta.zst" and "does not decompress" not in message:  # packing reads every
-        with pytest.raises(ShardError, match=message):                   # lengths column at start-up
+    if "tokens" not in damage and "a token" not in damage:  # packing reads every meta frame at start-up
+        with pytest.raises(ShardError, match=message):
             build_loader(LoaderConfig(**cfg, pack=True))
 
 

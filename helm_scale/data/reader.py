@@ -21,7 +21,7 @@ import numpy as np
 import zstandard
 
 from helm_scale.codon import Vocabulary
-from helm_scale.shard_format import (META_MEMBER, SPLITS, TOKENS_MEMBER, Chunk,
+from helm_scale.shard_format import (CHUNK_MEMBER, SPLITS, Chunk,
                                      ShardError, chunk_table, decode_chunk, decode_lengths,
                                      decode_meta, read_manifest, sample_key)
 
@@ -106,9 +106,9 @@ class SplitReader:
         first_chunk = int(np.searchsorted(self.chunk_shard, shard))
         return f"{self.paths[shard]} chunk {chunk - first_chunk} (key {sample_key(int(self.chunk_firsts[chunk]))})"
 
-    def _member(self, chunk: int, name: str) -> bytes:
+    def _member(self, chunk: int) -> bytes:
         shard = self._shard(int(self.chunk_shard[chunk]))
-        full = f"{sample_key(int(self.chunk_firsts[chunk]))}.{name}"
+        full = f"{sample_key(int(self.chunk_firsts[chunk]))}.{CHUNK_MEMBER}"
         if full not in shard.by_name:
             raise ShardError(f"{self._where(chunk)}: no member {full}; shard and manifest disagree")
         return shard.get_by_name(full)[1]
@@ -125,8 +125,7 @@ class SplitReader:
             self._cache.move_to_end(number)
             return cached
         first = int(self.chunk_firsts[number])
-        sample = {"__key__": sample_key(first), TOKENS_MEMBER: self._member(number, TOKENS_MEMBER),
-                  META_MEMBER: self._member(number, META_MEMBER)}
+        sample = {"__key__": sample_key(first), CHUNK_MEMBER: self._member(number)}
         decoded = decode_chunk(sample, self.token_dtype.name, int(self.chunk_samples[number]), first,
                                self._where(number), self._d())
         self._cache[number] = decoded
@@ -160,16 +159,16 @@ class SplitReader:
     def metadata(self, number: int) -> list[dict]:
         """``{"id", "source", "line", "group"}`` of every sequence of chunk ``number``."""
         sample = {"__key__": sample_key(int(self.chunk_firsts[number])),
-                  META_MEMBER: self._member(number, META_MEMBER)}
+                  CHUNK_MEMBER: self._member(number)}
         return decode_meta(sample, int(self.chunk_samples[number]), self._where(number), self._d())
 
     def codon_lengths(self) -> np.ndarray:
-        """Codon count of every sample, from the small meta members alone (the tokens
+        """Codon count of every sample, from the small meta frames alone (the tokens
         stay compressed): what packing needs before the first batch."""
         out = np.empty(self.num_samples, dtype=np.int64)
         for number in range(self.num_chunks):
             first, n = int(self.chunk_firsts[number]), int(self.chunk_samples[number])
-            lengths = decode_lengths(self._member(number, META_MEMBER), n, self._where(number), self._d())
+            lengths = decode_lengths(self._member(number), n, self._where(number), self._d())
             if int(lengths.sum()) != int(self.chunk_tokens[number]):
                 raise ShardError(f"{self._where(number)}: lengths sum to {int(lengths.sum())} tokens, "
                                  f"the manifest says {int(self.chunk_tokens[number])}")
