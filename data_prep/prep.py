@@ -103,7 +103,6 @@ class _Pool:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        import webdataset  # noqa: F401  (imports torch: once here, not in every worker)
         self.executor = (ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
                          if workers > 1 else None)
         self.workers = max(workers, 1)
@@ -354,8 +353,9 @@ def _account(outcome, batch: RecordBatch, tally: FileTally, seen, writers, rejec
 
 
 def _manifest(cfg, vocab, inputs, tallies, split_summaries) -> dict:
+    from importlib import metadata
+
     import numpy
-    import webdataset
     import zstandard
 
     from helm_scale import __version__
@@ -371,7 +371,8 @@ def _manifest(cfg, vocab, inputs, tallies, split_summaries) -> dict:
         "rejects_file": "rejects.jsonl",
         "versions": {"helm_scale": __version__, "python": platform.python_version(),
                      "numpy": numpy.__version__, "zstandard": zstandard.__version__,
-                     "webdataset": getattr(webdataset, "__version__", "unknown")},
+                     # the version without the import: webdataset imports torch (seconds)
+                     "webdataset": metadata.version("webdataset")},
     }
 
 
