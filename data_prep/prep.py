@@ -24,7 +24,7 @@ import numpy as np
 
 from helm_scale.codon import Vocabulary, helm_tree
 
-from helm_scale.shard_format import DEFAULT_CHUNK_BYTES, FORMAT, MANIFEST, SPLITS, shard_name
+from helm_scale.shard_format import DEFAULT_CHUNK_BYTES, FORMAT, MANIFEST, SPLITS
 
 from . import shards
 from .accounting import FileTally, RejectSampler, format_summary, totals
@@ -126,91 +126,6 @@ class _Done:
         return self.value
 
 
-class _SplitWriter:
-    """Cuts one split's kept sequences into chunks of about ``chunk_bytes`` of tokens,
-    encoded on the workers, and appends them in order to shards of about ``shard_bytes``
-    (the main process writes: a tar member per ~8,000 sequences costs it nothing)."""
-
-    def __init__(self, name: str, cfg: PrepConfig, pool: _Pool, token_dtype: str):
-        self.name, self.cfg, self.pool, self.token_dtype = name, cfg, pool, token_dtype
-        self.itemsize = np.dtype(token_dtype).itemsize
-        self.shards: list[shards.ShardRecord] = []
-        self.samples = self.tokens = 0  # written to shards so far
-        self.sealed = 0                 # sequences in chunks handed to the workers
-        self.pieces: list[tuple] = []   # the open chunk: (tokens, lengths, ids, lines, groups, source)
-        self.open_bytes = 0
-        self.in_flight: deque = deque()
-        self.shard: shards.ShardWriter | None = None
-
-    def add(self, tokens: np.ndarray, lengths: np.ndarray, ids: list, lines: np.ndarray,
-            groups: list | None, source: str) -> None:
-        """Appends sequences in order; a chunk closes at the first sequence that brings
-        it to ``chunk_bytes`` of tokens."""
-        ends = np.cumsum(lengths) * self.itemsize
-        start = 0
-        while start < len(lengths):
-            before = int(ends[start - 1]) if start else 0
-            cut = int(np.searchsorted(ends, before + self.cfg.chunk_bytes - self.open_bytes, side="left"))
-            stop = min(cut + 1, len(lengths))
-            a, b = before // self.itemsize, int(ends[stop - 1]) // self.itemsize
-            self.pieces.append((tokens[a:b], lengths[start:stop], ids[start:stop], lines[start:stop],
-                                None if groups is None else groups[start:stop], source))
-            self.open_bytes += int(ends[stop - 1]) - before
-            if cut < len(lengths):
-                self._seal()
-            start = stop
-
-    def _seal(self) -> None:
-        if not self.pieces:
-            return
-        tokens, lengths, ids, lines, groups, sources = zip(*self.pieces)
-        runs: list[list] = []
-        for source, n in zip(sources, map(len, lengths)):
-            if runs and runs[-1][0] == source:
-                runs[-1][1] += n
-            else:
-                runs.append([source, n])
-        any_group = any(g is not None for g in groups)
-        chunk = shards.ChunkColumns(
-            self.sealed, np.concatenate(tokens), np.concatenate(lengths), [i for part in ids for i in part],
-            np.concatenate(lines),
-            [g for part, n in zip(groups, map(len, lengths)) for g in (part or [None] * n)] if any_group else None,
-            runs)
-        self.sealed += len(chunk)
-        self.pieces, self.open_bytes = [], 0
-        self.in_flight.append(self.pool.submit(shards.encode_columns, chunk, self.cfg.zstd_level))
-        while len(self.in_flight) > self.pool.limit:
-            self._write_one()
-
-    def _write_one(self) -> None:
-        sample, n_samples, n_tokens = self.in_flight.popleft().result()
-        if self.shard is None:
-            self.shard = shards.ShardWriter(self.cfg.output, shard_name(self.name, len(self.shards)),
-                                            self.samples)
-        self.shard.write(sample, n_samples, n_tokens)
-        self.samples += n_samples
-        self.tokens += n_tokens
-        if self.shard.bytes_written >= self.cfg.shard_bytes:
-            self._close_shard()
-
-    def _close_shard(self) -> None:
-        if self.shard is not None:
-            self.shards.append(self.shard.close())
-            self.shard = None
-
-    def abandon(self) -> None:
-        if self.shard is not None:
-            self.shard.abandon()
-
-    def finish(self) -> dict:
-        self._seal()
-        while self.in_flight:
-            self._write_one()
-        self._close_shard()
-        return {"samples": self.samples, "tokens": self.tokens,
-                "shards": [asdict(s) for s in self.shards]}
-
-
 def prepare_output(cfg: PrepConfig) -> bool:
     """Make the output directory ready; returns whether we created it. Refuses to mix
     with a finished or interrupted run unless --overwrite, and never deletes files that
@@ -261,7 +176,7 @@ def run_prep(cfg: PrepConfig) -> dict:
 
 
 def _prep(cfg: PrepConfig, files: list[Path], vocab: Vocabulary, pool: _Pool) -> dict:
-    writers = {s: _SplitWriter(s, cfg, pool, vocab.token_dtype.name) for s in SPLITS}
+    writers = {s: shards.SplitWriter(s, cfg, pool, vocab.token_dtype.name) for s in SPLITS}
     try:
         return _prep_into(cfg, files, vocab, pool, writers)
     except BaseException:

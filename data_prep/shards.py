@@ -6,14 +6,15 @@ import io
 import json
 import os
 import tarfile
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import zstandard
 
-from helm_scale.shard_format import encode_chunk, sample_key
+from helm_scale.shard_format import encode_chunk, sample_key, shard_name
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -120,6 +121,93 @@ class ShardWriter:
     def abandon(self) -> None:
         self._file.close()
         self.partial.unlink(missing_ok=True)
+
+
+class SplitWriter:
+    """Cuts one split's kept sequences into chunks of about ``chunk_bytes`` of tokens,
+    encoded on the workers, and appends them in order to shards of about ``shard_bytes``
+    (the main process writes: a tar member per ~8,000 sequences costs it nothing).
+    ``cfg`` is prep's PrepConfig (output, chunk_bytes, shard_bytes, zstd_level); ``pool``
+    runs ``submit(fn, *args)`` on workers, with ``limit`` tasks in flight."""
+
+    def __init__(self, name: str, cfg, pool, token_dtype: str):
+        self.name, self.cfg, self.pool, self.token_dtype = name, cfg, pool, token_dtype
+        self.itemsize = np.dtype(token_dtype).itemsize
+        self.shards: list[ShardRecord] = []
+        self.samples = self.tokens = 0  # written to shards so far
+        self.sealed = 0                 # sequences in chunks handed to the workers
+        self.pieces: list[tuple] = []   # the open chunk: (tokens, lengths, ids, lines, groups, source)
+        self.open_bytes = 0
+        self.in_flight: deque = deque()
+        self.shard: ShardWriter | None = None
+
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, ids: list, lines: np.ndarray,
+            groups: list | None, source: str) -> None:
+        """Appends sequences in order; a chunk closes at the first sequence that brings
+        it to ``chunk_bytes`` of tokens."""
+        ends = np.cumsum(lengths) * self.itemsize
+        start = 0
+        while start < len(lengths):
+            before = int(ends[start - 1]) if start else 0
+            cut = int(np.searchsorted(ends, before + self.cfg.chunk_bytes - self.open_bytes, side="left"))
+            stop = min(cut + 1, len(lengths))
+            a, b = before // self.itemsize, int(ends[stop - 1]) // self.itemsize
+            self.pieces.append((tokens[a:b], lengths[start:stop], ids[start:stop], lines[start:stop],
+                                None if groups is None else groups[start:stop], source))
+            self.open_bytes += int(ends[stop - 1]) - before
+            if cut < len(lengths):
+                self._seal()
+            start = stop
+
+    def _seal(self) -> None:
+        if not self.pieces:
+            return
+        tokens, lengths, ids, lines, groups, sources = zip(*self.pieces)
+        runs: list[list] = []
+        for source, n in zip(sources, map(len, lengths)):
+            if runs and runs[-1][0] == source:
+                runs[-1][1] += n
+            else:
+                runs.append([source, n])
+        any_group = any(g is not None for g in groups)
+        chunk = ChunkColumns(
+            self.sealed, np.concatenate(tokens), np.concatenate(lengths), [i for part in ids for i in part],
+            np.concatenate(lines),
+            [g for part, n in zip(groups, map(len, lengths)) for g in (part or [None] * n)] if any_group else None,
+            runs)
+        self.sealed += len(chunk)
+        self.pieces, self.open_bytes = [], 0
+        self.in_flight.append(self.pool.submit(encode_columns, chunk, self.cfg.zstd_level))
+        while len(self.in_flight) > self.pool.limit:
+            self._write_one()
+
+    def _write_one(self) -> None:
+        sample, n_samples, n_tokens = self.in_flight.popleft().result()
+        if self.shard is None:
+            self.shard = ShardWriter(self.cfg.output, shard_name(self.name, len(self.shards)),
+                                            self.samples)
+        self.shard.write(sample, n_samples, n_tokens)
+        self.samples += n_samples
+        self.tokens += n_tokens
+        if self.shard.bytes_written >= self.cfg.shard_bytes:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self.shard is not None:
+            self.shards.append(self.shard.close())
+            self.shard = None
+
+    def abandon(self) -> None:
+        if self.shard is not None:
+            self.shard.abandon()
+
+    def finish(self) -> dict:
+        self._seal()
+        while self.in_flight:
+            self._write_one()
+        self._close_shard()
+        return {"samples": self.samples, "tokens": self.tokens,
+                "shards": [asdict(s) for s in self.shards]}
 
 
 def file_sha256(path, chunk: int = 1 << 20) -> str:
