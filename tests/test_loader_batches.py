@@ -1,5 +1,6 @@
 """Single-process loader checks on a real prepared dataset: batch contents, packing
 boundaries, masking, truncation, refusals, and resume (workers in the slow ones)."""
+import dataclasses
 import json
 import shutil
 
@@ -252,3 +253,42 @@ def test_the_compact_block_workers_send_unpacks_to_the_same_batch(seq_len, objec
         assert batches[0][key].dtype == batches[1][key].dtype and torch.equal(batches[0][key], batches[1][key]), key
     assert int(batches[1]["segment_ids"][4].max()) == 5 and batches[1]["sample_ids"][0, 0] == samples[0]
     assert batches[1]["sample_ids"][2, -1] == -1 and batches[1]["input_ids"][0, -1] != VOCAB.eos_id
+
+
+def test_length_buckets_group_similar_lengths_and_resume_exactly(small_dataset):
+    """Off by default (the golden order); on, each run of k rows in a window holds
+    similar lengths, runs come in a seeded random order, and resume is bit-exact."""
+    cfg = _cfg(small_dataset, pad_to_multiple_of=8, length_bucket=8, shuffle_window=64)
+    plain = build_loader(_cfg(small_dataset, pad_to_multiple_of=8, shuffle_window=64))
+    reference = build_loader(cfg)
+    full = _epoch(reference) + _epoch(reference)
+    again = build_loader(cfg)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(full, _epoch(again) + _epoch(again)) for k in a)
+
+    def spread(batches):  # mean (longest - shortest) real length within a batch
+        real = [(b["segment_ids"] > 0).sum(1).float() for b in batches]
+        return float(np.mean([float(r.max() - r.min()) for r in real]))
+    plain_epoch = _epoch(plain)
+    assert spread(full) < 0.5 * spread(plain_epoch)
+    assert sum(b["input_ids"].shape[1] for b in full[:len(plain_epoch)]) < sum(b["input_ids"].shape[1] for b in plain_epoch)
+    seen = sorted(int(s) for b in full[:len(full) // 2] for s in b["sample_ids"][:, 0])
+    assert len(seen) == len(set(seen))  # still each sample at most once an epoch
+    assert not all(torch.equal(a["sample_ids"], b["sample_ids"]) for a, b in zip(full, full[len(full) // 2:]))
+    half = len(full) // 2
+    for stop in (3, half + 1):  # mid-epoch, and into the second epoch; at half the batch size
+        first, got = build_loader(cfg), 0
+        while got < stop:
+            for _ in first:
+                got += 1
+                if got == stop:
+                    break
+        resumed = build_loader(dataclasses.replace(cfg, micro_batch_size=4))
+        resumed.load_state_dict(first.state_dict())
+        rows = [r for b in resumed for r in b["sample_ids"][:, 0].tolist()]
+        expect = [r for b in full[stop:half if stop < half else len(full)] for r in b["sample_ids"][:, 0].tolist()]
+        assert rows[:len(expect)] == expect and len(rows) - len(expect) < 8  # 4-row steps may take one more
+    with pytest.raises(ValueError, match="length_bucket"):
+        _cfg(small_dataset, pack=True, length_bucket=8)
+    state = build_loader(_cfg(small_dataset)).state_dict()
+    with pytest.raises(ValueError, match="length_bucket"):
+        reference.load_state_dict(state)

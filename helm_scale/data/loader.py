@@ -51,6 +51,10 @@ class LoaderConfig:
     shuffle: bool = True                # False: manifest order (evaluation)
     shuffle_window: int = 1 << 16       # samples per shuffle window: the shuffle buffer
     pack: bool = False                  # several sequences per row
+    # k > 0 (unpacked rows): within each shuffle window, runs of k rows of similar length
+    # in random order (see order.EpochOrder), so that pad_to_multiple_of cuts more padding.
+    # Set k to the global batch (micro_batch_size x dp_size); 0: off.
+    length_bucket: int = 0
     # 0: every batch seq_len wide. k > 0: cut at the batch's longest row, rounded up to a
     # multiple of k, so unpacked rows of short sequences skip most of their padding.
     pad_to_multiple_of: int = 0
@@ -73,13 +77,16 @@ class LoaderConfig:
             raise ValueError("need seq_len >= 3, micro_batch_size >= 1, num_workers >= 0, pad_to_multiple_of >= 0")
         if self.seed < 0:
             raise ValueError("seed must be >= 0")
+        if self.length_bucket < 0 or (self.length_bucket and self.pack):
+            raise ValueError("length_bucket must be >= 0, and 0 with pack (packing fills rows instead)")
         MaskingSpec(self.mask_prob, tuple(self.mask_replace_ratios))  # validates
 
     def order_settings(self, dataset_id: str) -> dict:
         """What fixes the global row order: a resumed run must agree on all of it."""
         return {"dataset": dataset_id, "split": self.split, "seed": self.seed,
                 "shuffle": self.shuffle, "shuffle_window": self.shuffle_window,
-                "pack": self.pack, "seq_len": self.seq_len if self.pack else None}
+                "pack": self.pack, "seq_len": self.seq_len if self.pack else None,
+                "length_bucket": self.length_bucket}
 
 
 class _MicroBatches(Dataset):
@@ -101,9 +108,9 @@ class _MicroBatches(Dataset):
 
     def plan(self, epoch: int) -> RowPlan:
         if epoch not in self._plans:
-            self._plans = {epoch: RowPlan(EpochOrder(self.reader.shard_sizes, self.cfg.seed, epoch,
-                                                     self.cfg.shuffle_window, self.cfg.shuffle),
-                                          self.cfg.seq_len, self.codon_lengths)}
+            order = EpochOrder(self.reader.shard_sizes, self.cfg.seed, epoch, self.cfg.shuffle_window,
+                               self.cfg.shuffle, self.cfg.length_bucket, self.codon_lengths)
+            self._plans = {epoch: RowPlan(order, self.cfg.seq_len, self.codon_lengths if self.cfg.pack else None)}
         return self._plans[epoch]
 
     def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
@@ -200,7 +207,8 @@ class ResumableLoader:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')}, expected {STATE_VERSION}")
         ours = self.cfg.order_settings(self._dataset_id)
-        differ = {k: (state["order"].get(k), v) for k, v in ours.items() if state["order"].get(k) != v}
+        theirs = {"length_bucket": 0, **state["order"]}  # states from before length buckets
+        differ = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
         if differ:
             raise ValueError("cannot resume: the checkpoint's sample order was made with other "
                              f"settings (checkpoint, now): {differ}")
@@ -236,6 +244,6 @@ def build_loader(cfg: LoaderConfig, dp_rank: int = 0, dp_size: int = 1) -> Resum
     check_manifest(manifest, cfg.split, cfg.vocabulary)
     reader = SplitReader(Path(cfg.dataset_dir), cfg.split, manifest=manifest)
     reader.cache_chunks = cfg.cache_chunks or window_chunks(reader.chunk_samples, cfg.shuffle_window)
-    lengths = reader.codon_lengths() if cfg.pack else None
+    lengths = reader.codon_lengths() if cfg.pack or cfg.length_bucket else None
     return ResumableLoader(cfg, dp_rank, dp_size, _MicroBatches(cfg, reader, dp_rank, lengths),
                            dataset_id(manifest, cfg.split))

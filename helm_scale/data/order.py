@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 # Salts keep the streams of one (seed, epoch) apart.
-_SHARD_STREAM, _WINDOW_STREAM = 1, 2
+_SHARD_STREAM, _WINDOW_STREAM, _BUCKET_STREAM = 1, 2, 3
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -57,9 +57,15 @@ class EpochOrder:
     """Global sample indices of one epoch, window by window."""
 
     def __init__(self, shard_sizes: Sequence[int], seed: int, epoch: int, window: int,
-                 shuffle: bool = True):
+                 shuffle: bool = True, bucket: int = 0, lengths: np.ndarray | None = None):
+        """``bucket`` k > 0 (needs every sample's ``lengths``): each window, once shuffled,
+        is sorted by length and cut into runs of k samples, and the runs are shuffled, so
+        k consecutive positions hold similar lengths while their order stays random."""
         if window < 1:
             raise ValueError("shuffle window must be at least one sample")
+        if bucket < 0 or (bucket and lengths is None):
+            raise ValueError("a length bucket needs bucket >= 1 and the samples' lengths")
+        self.bucket, self.lengths = bucket, lengths
         sizes = np.asarray(shard_sizes, dtype=np.int64)
         first_index = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         perm = _rng(seed, epoch, _SHARD_STREAM).permutation(len(sizes)) if shuffle else np.arange(len(sizes))
@@ -80,7 +86,18 @@ class EpochOrder:
             a, b = max(lo, start_pos) - start_pos, min(hi, int(self._ends[s])) - start_pos
             parts.append(self._firsts[s] + np.arange(a, b, dtype=np.int64))
         samples = np.concatenate(parts)
-        return _rng(self.seed, self.epoch, _WINDOW_STREAM, w).permutation(samples) if self.shuffle else samples
+        if self.shuffle:
+            samples = _rng(self.seed, self.epoch, _WINDOW_STREAM, w).permutation(samples)
+        if self.bucket:  # stable: equal lengths keep the shuffled order
+            samples = samples[np.argsort(self.lengths[samples], kind="stable")]
+            runs = np.arange(-(-len(samples) // self.bucket))
+            if self.shuffle:
+                runs = _rng(self.seed, self.epoch, _BUCKET_STREAM, w).permutation(runs)
+            starts = runs * self.bucket
+            sizes = np.minimum(starts + self.bucket, len(samples)) - starts
+            samples = samples[np.repeat(starts, sizes) + np.arange(len(samples))
+                              - np.repeat(np.cumsum(sizes) - sizes, sizes)]
+        return samples
 
     def all_samples(self) -> np.ndarray:
         """The whole epoch's order (tests and small splits; O(samples) memory)."""
