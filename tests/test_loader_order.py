@@ -78,3 +78,19 @@ def test_unpacked_rows_are_single_samples_in_order():
     plan = RowPlan(order, seq_len=100)
     assert plan.num_rows == sum(SIZES)
     assert np.array_equal(np.concatenate(plan.rows(10, 200)), order.all_samples()[10:200])
+
+
+def test_length_buckets_reorder_within_each_window_only():
+    lengths = np.random.default_rng(0).integers(5, 300, size=sum(SIZES))
+    plain = EpochOrder(SIZES, seed=3, epoch=1, window=50)
+    bucketed = EpochOrder(SIZES, seed=3, epoch=1, window=50, bucket=8, lengths=lengths)
+    for w in range(plain.num_windows):
+        a, b = plain.window_samples(w), bucketed.window_samples(w)
+        assert sorted(a.tolist()) == sorted(b.tolist())  # the same samples, reordered
+        runs = -(-len(b) // 8)  # sorted runs, shuffled: lengths fall only where a run ends
+        descents = int(np.sum(np.diff(lengths[b]) < 0))
+        assert descents <= runs - 1 and (descents > 0 or runs < 3)
+    assert np.array_equal(bucketed.all_samples(),
+                          EpochOrder(SIZES, seed=3, epoch=1, window=50, bucket=8, lengths=lengths).all_samples())
+    with pytest.raises(ValueError, match="bucket"):
+        EpochOrder(SIZES, seed=3, epoch=1, window=50, bucket=8)
