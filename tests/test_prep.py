@@ -246,3 +246,27 @@ def test_gzip_inputs_read_the_same_with_isal_or_zlib(corpus, tmp_path, monkeypat
     truncated.write_bytes(corpus.read_bytes()[:len(corpus.read_bytes()) // 2])
     with pytest.raises(InputError, match="cut.fa.gz.*truncated"):
         list(read_records(truncated, InputSpec()))
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 7, 64, 1 << 20])
+def test_fasta_batches_cut_anywhere_give_the_records_a_line_reader_gives(tmp_path, batch_bytes):
+    from data_prep.readers import read_batches
+    text = (";comment\n\n>first desc\nACGTAC\nGTA\n>  spaced\tid more\nGG\n>\nTTT\n>wrapped\r\nAC\r\nGT\r\n"
+            ">x>y\nAC>G\n>empty\n>last\nAAACCC")
+    path = tmp_path / "odd.fa"
+    path.write_text(text)
+    expected, header, line = [], None, 0
+    for n, row in enumerate(text.split("\n"), 1):  # a plain line-by-line reading, for reference
+        if row.startswith(">"):
+            if header is not None:
+                expected.append(header)
+            words = row[1:].split()
+            header = [words[0] if words else f"{path}:{n}", n, ""]
+        elif header is not None:
+            header[2] += "".join(row.split())
+    expected.append(header)
+    got = []
+    for batch in read_batches(path, InputSpec(), batch_bytes=batch_bytes):
+        got += [[batch.ids[i], int(batch.lines[i]), "".join(batch.sequence(i).decode().split())]
+                for i in range(len(batch))]
+    assert got == expected

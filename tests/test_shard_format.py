@@ -215,3 +215,35 @@ def test_the_loader_stream_is_the_one_format_1_produced():
     two DP sizes, two epochs), and the same multi-shard global orders, as recorded from
     the format-1 code before this format existed (see tests/loader_stream.py)."""
     assert fingerprints() == json.loads(GOLDEN.read_text())
+
+
+ODD_IDS = ["", "a", "007", "0", "00", "x0", "seq12", "seq13", "seq11", "ü12", "日本語", "a\nb5", "tab\t9",
+           "123456789012345678901234",  # longer than the 18-digit suffix: the rest stays in the prefix
+           "9" * 18, "9" * 19, "-5", "x" + "0" * 25, "run:SRR1298732.1", "run:SRR1298732.9", "other|77",
+           "run:SRR1298732.10", "1e5", "12 34"]
+
+
+@pytest.mark.parametrize("groups", ["none", "some", "all"])
+def test_meta_columns_round_trip_ids_that_do_not_fit_the_prefix_and_counter_pattern(groups):
+    from helm_scale.shard_format import CHUNK_MEMBER, decode_chunk, decode_meta, encode_chunk
+    from tests.prep_reference import read_meta
+    rng = np.random.default_rng(4)
+    ids = ODD_IDS + [f"p{rng.integers(3)}_{rng.integers(10 ** rng.integers(1, 18))}" for _ in range(200)]
+    n = len(ids)
+    group = {"none": None, "some": [None if i % 3 else f"gene{i % 7:04d}" for i in range(n)],
+             "all": [ids[(i * 7) % n] for i in range(n)]}[groups]
+    lengths = rng.integers(0, 600, size=n)
+    tokens = rng.integers(5, 69, size=int(lengths.sum())).astype(np.uint8)
+    lines = np.cumsum(rng.integers(-50, 10 ** 9, size=n))  # sources restart: lines may fall
+    sample = encode_chunk(12, tokens, lengths, ids, lines, group, [["a.fa", 5], ["b.csv", n - 5]],
+                          zstandard.ZstdCompressor(level=7, write_checksum=True))
+    expected = [{"id": i, "source": "a.fa" if k < 5 else "b.csv", "line": int(line),
+                 "group": None if group is None else group[k]} for k, (i, line) in enumerate(zip(ids, lines))]
+    assert decode_meta(sample, n, "here") == expected
+    frames = zstandard.ZstdDecompressor().decompressobj()
+    naive_lengths, naive_meta = read_meta(frames.decompress(sample[CHUNK_MEMBER]))  # no shared code
+    assert naive_meta == expected and naive_lengths == lengths.tolist()
+    chunk = decode_chunk(sample, "uint8", n, 12, "here")
+    assert chunk.tokens.tobytes() == tokens.tobytes() and np.diff(chunk.offsets).tolist() == lengths.tolist()
+    with pytest.raises(ShardError, match="here: meta column lengths holds"):
+        decode_chunk(sample, "uint8", n + 1, 12, "here")
