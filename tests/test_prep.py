@@ -270,3 +270,15 @@ def test_fasta_batches_cut_anywhere_give_the_records_a_line_reader_gives(tmp_pat
         got += [[batch.ids[i], int(batch.lines[i]), "".join(batch.sequence(i).decode().split())]
                 for i in range(len(batch))]
     assert got == expected
+
+
+def test_vectorised_split_assignment_matches_the_scalar_formula():
+    """Splits are part of a dataset's definition: the NumPy path must agree, hash for
+    hash, with ``int.from_bytes(blake2b) / 2**64`` compared to the fractions."""
+    import numpy as np
+    policy = SplitPolicy(val_fraction=0.3, test_fraction=0.2, seed=5)
+    hashes = np.random.default_rng(1).integers(0, 2**64 - 1, size=50_000, dtype=np.uint64, endpoint=True)
+    edges = [int(f * 2.0**64) + d for f in (0.2, 0.5) for d in (-2048, -1, 0, 1, 2048)]
+    hashes = np.concatenate([hashes, np.array(edges + [0, 2**64 - 1], dtype=np.uint64)])
+    scalar = ["test" if h / 2.0**64 < 0.2 else "val" if h / 2.0**64 < 0.5 else "train" for h in hashes.tolist()]
+    assert [("train", "val", "test")[k] for k in policy.assign_hashes(hashes)] == scalar
