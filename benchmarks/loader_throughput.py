@@ -184,8 +184,9 @@ class _Baseline:
         argv = [sys.executable, __file__, "--code-root", str(self.tree), "--out", str(out), "--seconds", str(a.seconds),
                 "--micro-batch", str(a.micro_batch), "--seq-len", str(a.seq_len), *extra]
         print(f"+ baseline {self.rev}: {' '.join(extra)}", flush=True)
+        out.unlink(missing_ok=True)
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-        return json.loads(out.read_text())
+        return json.loads(out.read_text()) if out.exists() else {}  # --prepare-to writes none
 
 
 def _print_startup(label: str, r: dict) -> None:

@@ -123,6 +123,10 @@ class _MicroBatches(Dataset):
                              epoch)
 
 
+def _as_made(block):
+    return block
+
+
 class _StepKeys(Sampler):
     """Keys of the steps left in the loader's current epoch, fixed when iteration starts."""
 
@@ -156,9 +160,12 @@ class ResumableLoader:
         self._dataset, self._dataset_id = dataset, dataset_id
         self.epoch, self._rows_consumed = 0, 0
         workers = cfg.num_workers
-        pin = torch.cuda.is_available() if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
+        self._pin = torch.cuda.is_available() if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
         self._dataloader = DataLoader(dataset, batch_size=None, sampler=_StepKeys(self),
-                                      num_workers=workers, pin_memory=pin,
+                                      # blocks as made: a worker's compact array is pickled
+                                      # through its pipe (see batches.CompactLayout)
+                                      collate_fn=_as_made,
+                                      num_workers=workers, pin_memory=self._pin,
                                       prefetch_factor=cfg.prefetch_factor if workers else None,
                                       persistent_workers=workers > 0,
                                       # Its own generator: the DataLoader draws a worker seed per
@@ -192,9 +199,9 @@ class ResumableLoader:
         if self._rows_consumed and self.steps_remaining == 0:  # resumed exactly at an epoch's end
             self.epoch, self._rows_consumed = self.epoch + 1, 0
         epoch = self.epoch
-        for stacked in self._dataloader:
+        for block in self._dataloader:
             self._rows_consumed += self.global_batch_rows
-            yield unpack_batch(stacked)
+            yield unpack_batch(block, self._pin)
         if self.epoch == epoch:
             self.epoch, self._rows_consumed = epoch + 1, 0
 
