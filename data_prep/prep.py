@@ -187,15 +187,12 @@ def _prep(cfg: PrepConfig, files: list[Path], vocab: Vocabulary, pool: _Pool) ->
 
 def _prep_into(cfg: PrepConfig, files: list[Path], vocab: Vocabulary, pool: _Pool,
                writers: dict) -> dict:
-    from tqdm import tqdm
-
     started = time.perf_counter()
     seen = SeenHashes() if cfg.dedup else None
     rejects = RejectSampler(cfg.rejects_per_reason)
     policy = RecordPolicy(**{**asdict(cfg.policy), "require_group": cfg.split.by == "group"})
     total_bytes = sum(f.stat().st_size for f in files)
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prep", disable=not cfg.progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = _progress_bar(total_bytes, cfg.progress)
     inputs, tallies, n_records = [], [], 0
     for path in files:
         tally, raw = FileTally(str(path)), TrackedFile(path)
@@ -211,9 +208,10 @@ def _prep_into(cfg: PrepConfig, files: list[Path], vocab: Vocabulary, pool: _Poo
                                           policy, vocab, cfg.split.salt), batch))
             while len(in_flight) > pool.limit:
                 drain_one()
-            bar.update(raw.bytes_read - bar.n + sum(x["bytes"] for x in inputs))
-            bar.set_postfix(records_per_s=f"{(n_records + tally.records) / bar.format_dict['elapsed']:,.0f}"
-                            if bar.format_dict["elapsed"] else "-", refresh=False)
+            if cfg.progress:
+                bar.update(raw.bytes_read - bar.n + sum(x["bytes"] for x in inputs))
+                bar.set_postfix(records_per_s=f"{(n_records + tally.records) / bar.format_dict['elapsed']:,.0f}"
+                                if bar.format_dict["elapsed"] else "-", refresh=False)
         while in_flight:
             drain_one()
         tally.check()
@@ -230,6 +228,23 @@ def _prep_into(cfg: PrepConfig, files: list[Path], vocab: Vocabulary, pool: _Poo
     manifest["run"] = {"workers": cfg.workers, "seconds": round(time.perf_counter() - started, 3)}
     shards.write_json_atomic(Path(cfg.output) / MANIFEST, manifest)
     return manifest
+
+
+class _NoBar:
+    n = 0
+
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total_bytes: int, show: bool):
+    if not show:  # tqdm's import alone costs ~50 ms: a quiet prep skips it
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prep", file=sys.stderr, dynamic_ncols=True)
 
 
 def _account(outcome, batch: RecordBatch, tally: FileTally, seen, writers, rejects,
