@@ -160,7 +160,8 @@ class ResumableLoader:
         self._dataset, self._dataset_id = dataset, dataset_id
         self.epoch, self._rows_consumed = 0, 0
         workers = cfg.num_workers
-        self._pin = torch.cuda.is_available() if cfg.pin_memory == "auto" else bool(cfg.pin_memory)
+        # pinned memory needs CUDA (torch.empty(pin_memory=True) fails without it)
+        self._pin = torch.cuda.is_available() and (cfg.pin_memory == "auto" or bool(cfg.pin_memory))
         self._dataloader = DataLoader(dataset, batch_size=None, sampler=_StepKeys(self),
                                       # blocks as made: a worker's compact array is pickled
                                       # through its pipe (see batches.CompactLayout)
