@@ -104,3 +104,37 @@ def test_malformed_trees_are_refused():
         CodonTree("bad", t.names, t.parents, (t.leaf_of[0],) * len(t.leaf_of))
     with pytest.raises(ValueError, match="parent before"):
         CodonTree("bad", t.names, (-1, 5) + t.parents[2:], t.leaf_of)
+
+
+def test_encode_batch_matches_a_per_character_reading():
+    """The tokenizer (one table pass per batch) against a plain per-character statement of
+    it: normalise (drop whitespace and gaps, upper case, U -> T), read codons from the first
+    base, <unk> for any codon that is not three of A C G T, flag non-bases and IUPAC codons."""
+    from helm_scale.codon import normalise
+    rng = np.random.default_rng(0)
+    alphabet = list("ACGTacgtUuNnRyKm -.\t\r\nXZ*>")
+    raw = ["".join(rng.choice(alphabet, size=rng.integers(0, 40))) for _ in range(2000)] + ["", "ATG", "atgu"]
+    batch = V.encode_batch(raw)
+    buffer = "".join(raw).encode()
+    ends = np.cumsum([len(r) for r in raw])
+    spans = V.encode_batch(buffer, ends - [len(r) for r in raw], ends)  # one buffer and spans: the same
+    assert np.array_equal(spans.tokens, batch.tokens) and np.array_equal(spans.offsets, batch.offsets)
+    for i, r in enumerate(raw):
+        s = "".join(c for c in r.upper() if c not in " \t\r\n-.").replace("U", "T")
+        assert normalise(r.encode()).decode() == s and batch.bases[i] == len(s)
+        codons = [s[k:k + 3] for k in range(0, len(s) - len(s) % 3, 3)]
+        assert batch.sequence(i).tolist() == [V.index.get(c, V.unk_id) for c in codons]
+        assert batch.invalid[i] == any(c not in "ACGTNRYSWKMBDHV" for c in s)
+        if not batch.invalid[i]:
+            assert batch.ambiguous[i] == sum(any(c in "NRYSWKMBDHV" for c in codon) for codon in codons)
+
+
+def test_encode_batch_check_names_the_bad_record():
+    from helm_scale.codon import SequenceError
+    batch = V.encode_batch(["ATGAAA", "ATGXAA", "ATGA"])
+    with pytest.raises(SequenceError, match="second: a character that is not a base"):
+        batch.check(names=["first", "second", "third"])
+    with pytest.raises(SequenceError, match="sequence 2: 4 bases, not a multiple of 3"):
+        batch.check(whole_codons=True, allow_invalid=True)
+    V.encode_batch(["ATGAAA", "NNNAAA"]).check(whole_codons=True)  # IUPAC codes are no error
+    assert isinstance(SequenceError("x"), ValueError) and V.encode("ATGXYZ", add_special=False)[1] == V.unk_id
