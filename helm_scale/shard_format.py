@@ -33,9 +33,9 @@ are runs of zeros), which is what makes it compress::
     {s}_prefix, {s}_number,   a string column s (``id``; ``group`` when any record has
     {s}_digits                one) cut into a prefix and a numeric suffix of at most 18
                               ASCII digits: ``tables[s][prefix] + str(number).zfill(digits)``
-                              (no suffix when digits = 0). Prefixes index the table in
-                              order of first use and numbers are stored as differences from
-                              the record before (zigzag), so ``run:SRR1298732.1``,
+                              (no suffix when digits = 0). The table is in order of first
+                              use; prefix indices and numbers are stored as differences
+                              from the record before (zigzag), so ``run:SRR1298732.1``,
                               ``run:SRR1298732.7``, ... cost about a byte each, not 30
     group_missing             1 where a record has no group key (only when some do)
 
