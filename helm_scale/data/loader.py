@@ -14,7 +14,9 @@ is dropped, so every rank yields the same number of batches whatever the shard, 
 worker counts: no collective can wait on a rank that ran dry.
 
 Workers. The DataLoader is map-style over steps: worker w builds steps w, w + W, ...
-and torch returns them in step order, so 0, 1 or 2 workers give the same stream.
+and torch returns them in step order, so 0, 1 or 2 workers give the same stream. A
+worker hands a batch over as one compact NumPy block (batches.CompactLayout), widened
+to the int64 tensors of the batch dict in the main process.
 """
 from __future__ import annotations
 
