@@ -93,13 +93,17 @@ def run_variant(name: str, fasta: Path, code_root: str | None = None) -> dict:
         sys.path.insert(0, code_root)
     import data_prep.prep  # noqa: F401  (so is importing the code measured, ~30 ms)
     fn, workers = VARIANTS[name.replace("base-", "prep-")]
-    start = time.perf_counter()
+
+    def cpu() -> float:  # this process and its finished children (prep's workers)
+        return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                      resource.getrusage(resource.RUSAGE_CHILDREN)))
+    start, cpu_start = time.perf_counter(), cpu()
     tokens = fn(fasta)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
-    return {"variant": name, "seconds": seconds, "tokens": tokens, "workers": workers,
-            "peak_rss_mib": peak}
+    return {"variant": name, "seconds": seconds, "cpu_seconds": cpu_seconds, "tokens": tokens,
+            "workers": workers, "peak_rss_mib": peak}
 
 
 def main() -> int:
@@ -136,29 +140,37 @@ def main() -> int:
                 row = json.loads(subprocess.run(
                     [sys.executable, __file__, "--variant", name, "--fasta", str(fasta), *extra],
                     check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-                if name not in results or row["seconds"] < results[name]["seconds"]:
+                if name not in results or row["seconds"] < results[name]["seconds"]:  # best wall time
                     results[name] = row
     cores = min(os.cpu_count() or 1, 2)
     naive_mb_s = mb / results["naive"]["seconds"]
     print(f"{mb:.1f} MB of FASTA ({', '.join(FILES)}), best of {args.repeat}, {os.cpu_count()} cores")
-    print(f"{'variant':<10} {'seconds':>8} {'MB/s':>8} {'MB/s/core':>10} {'x naive/core':>13} {'peak MiB':>9}")
+    print(f"{'variant':<10} {'seconds':>8} {'MB/s':>8} {'MB/s/core':>10} {'x naive/core':>13} "
+          f"{'MB/CPU-s':>9} {'peak MiB':>9}")
     for name, r in results.items():
         used = min(r["workers"], cores)
         r["mb_per_s"] = mb / r["seconds"]
         r["mb_per_s_per_core"] = r["mb_per_s"] / used
         r["speedup_per_core_vs_naive"] = r["mb_per_s_per_core"] / naive_mb_s
+        # MB per CPU-second used: on a machine shared with other jobs, wall time also counts
+        # the time spent waiting for a core; this does not (it is MB/s per busy core)
+        r["mb_per_cpu_s"] = mb / r["cpu_seconds"]
         print(f"{name:<10} {r['seconds']:>8.2f} {r['mb_per_s']:>8.1f} {r['mb_per_s_per_core']:>10.1f} "
-              f"{r['speedup_per_core_vs_naive']:>13.2f} {r['peak_rss_mib']:>9.0f}")
+              f"{r['speedup_per_core_vs_naive']:>13.2f} {r['mb_per_cpu_s']:>9.1f} {r['peak_rss_mib']:>9.0f}")
     if args.baseline:
         for w in ("1", "2"):
             ratio = results[f"base-{w}"]["seconds"] / results[f"prep-{w}"]["seconds"]
+            cpu_ratio = results[f"base-{w}"]["cpu_seconds"] / results[f"prep-{w}"]["cpu_seconds"]
             results[f"prep-{w}"][f"speedup_vs_{args.baseline}"] = ratio
-            print(f"prep-{w} vs {args.baseline} (base-{w}), same run: {ratio:.2f}x")
+            results[f"prep-{w}"][f"cpu_speedup_vs_{args.baseline}"] = cpu_ratio
+            print(f"prep-{w} vs {args.baseline} (base-{w}), same run: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU")
     payload = {"benchmark": "prep_throughput", "fasta_mb": mb, "files": FILES, "repeat": args.repeat,
                "device": f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
                "python": platform.python_version(), "results": results,
                "baseline": args.baseline,
-               "target": "prep-1 >= 10x format 1's 8.6 MB/s (86 MB/s per core)"}
+               "target": "prep-1 >= 10x format 1's 8.6 MB/s (86 MB/s per core)",
+               "note": "MB/CPU-s: MB per CPU-second of the process and its workers; on a machine shared "
+                       "with other jobs wall time also counts waiting for a core"}
     write_results(args.out, payload)
     return 0
 
