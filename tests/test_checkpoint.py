@@ -8,7 +8,8 @@ import pickle
 import pytest
 import torch
 
-from helm_scale.checkpoint.sharded import _MetadataUnpickler, weights_only_torch_load
+from helm_scale.parallel.ddp_engine import _MetadataUnpickler
+from helm_scale.parallel.deepspeed_engine import weights_only_torch_load
 from helm_scale.checkpoint.store import LATEST, CheckpointStore
 from helm_scale.export import load_exported, save_export
 from helm_scale.model_config import ModelConfig

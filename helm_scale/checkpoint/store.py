@@ -5,7 +5,7 @@ verification with fallback, retention. Pure filesystem; rank 0 calls the writing
         meta.json                       written last: step, loader state, layout, config,
                                         vocabulary, tree, versions, and size + sha256 of
                                         every other file in the directory
-        model/ | deepspeed/ | rng/      what the engines and ranks wrote (see sharded.py)
+        model/ | deepspeed/ | rng/      what the engine (Engine.save) and ranks wrote
     RUN/checkpoints/.staging-step-N/    a save in progress, renamed when complete
     RUN/checkpoints/latest              "step-00000300", replaced atomically after the rename
 

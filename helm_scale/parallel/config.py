@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BACKENDS = ("ddp", "deepspeed")
+from helm_scale.parallel.backends import BACKENDS
+
 PRECISIONS = ("fp32", "bf16")
 
 
