@@ -1,7 +1,8 @@
 """Hierarchical losses for codon language models (HELM), vocab-parallel.
 
 Public API: LossConfig, build_loss, HierarchicalLoss, LossOutput, metric_means,
-reduce_metric_sums, global_token_count, check_targets_in_vocabulary, VocabParallelHXE, OBJECTIVES.
+reduce_metric_sums, perplexity, global_token_count, check_targets_in_vocabulary,
+VocabParallelHXE, OBJECTIVES.
 """
 from helm_scale.losses.config import OBJECTIVES, LossConfig
 
@@ -10,7 +11,7 @@ from helm_scale.losses.config import OBJECTIVES, LossConfig
 _LAZY = {
     "VocabParallelHXE": "hxe",
     "LossOutput": "metrics", "global_token_count": "metrics", "metric_means": "metrics",
-    "reduce_metric_sums": "metrics",
+    "reduce_metric_sums": "metrics", "perplexity": "metrics",
     "HierarchicalLoss": "objectives", "build_loss": "objectives", "check_targets_in_vocabulary": "objectives",
 }
 

@@ -143,11 +143,10 @@ class HierarchicalLoss(nn.Module):
         tokens = mask.sum()
         loss_sum = per_token.sum()
         loss = loss_sum / tokens.clamp_min(1.0)  # all-masked batch: 0, graph kept
-        sums = self._metric_sums(per_token.detach(), log_prob_path, exact, synonym, safe,
-                                 mask, tokens, tab)
+        sums = self._metric_sums(loss_sum, log_prob_path, exact, synonym, safe, mask, tokens, tab)
         return LossOutput(loss=loss, metrics=metric_means(sums), sums=sums, loss_sum=loss_sum)
 
-    def _metric_sums(self, per_token, log_prob_path, exact, synonym, targets, mask, tokens,
+    def _metric_sums(self, loss_sum, log_prob_path, exact, synonym, targets, mask, tokens,
                      tab) -> dict[str, torch.Tensor]:
         # Every diagnostic is linear in per-token values whose weights depend only on the
         # target: add the values up per target (one index_add), then one product with
@@ -158,7 +157,7 @@ class HierarchicalLoss(nn.Module):
             0, targets, values)
         diagnostics = per_target.view(-1) @ tab["diagnostic_weights"]
         h = self.height
-        sums = {"tokens": tokens, "loss": per_token.sum(),
+        sums = {"tokens": tokens, "loss": loss_sum,
                 "codon_correct": diagnostics[h + 1],
                 "synonymous_correct": diagnostics[h + 2],
                 "start_stop_tokens": diagnostics[h + 3],
