@@ -117,7 +117,7 @@ class Trainer:
         self.log = RunLogger(str(self.run_dir), self.state.is_main, cfg.run.tensorboard,
                              cfg.model.flops_per_token(cfg.data.seq_len), self.state.world_size,
                              device_peak_tflops(cfg.run.peak_tflops_per_device))
-        # Decided before the engine exists: DeepSpeed must know whether it loads universally.
+        # Decided before the engine exists: a checkpoint this job cannot resume fails first.
         self.checkpointer = Checkpointer(cfg, self.state, self.log.line)
         point = self.checkpointer.find()
         if point is not None:
