@@ -1,13 +1,11 @@
 """The model's settings: one typed dataclass shared by the tensor-parallel model
 (helm_scale.model), the single-device model (helm_scale.plain_model), the trainer's
-configuration and exported checkpoints. No megatron import here, so configs load fast."""
+configuration and exported checkpoints. No torch import here, so configs load without it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PARAMS_DTYPES = ("fp32", "bf16")
 ARCHS = ("transformer", "lstm", "mamba", "hyena")  # lstm: the recurrent baseline (helm_scale.lstm);
 # mamba, hyena: HELM's attention-free backbones (helm_scale.mamba, helm_scale.hyena). TP 1 only.
 PLAIN_ONLY = ("lstm", "mamba", "hyena")  # no tensor-parallel form and no packed rows
@@ -58,8 +56,8 @@ class ModelConfig:
             raise ValueError(f"attention must be 'causal' or 'bidirectional', got {self.attention!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.params_dtype not in DTYPES:
-            raise ValueError(f"params_dtype must be one of {sorted(DTYPES)}, got {self.params_dtype!r}")
+        if self.params_dtype not in PARAMS_DTYPES:
+            raise ValueError(f"params_dtype must be one of {sorted(PARAMS_DTYPES)}, got {self.params_dtype!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.arch == "lstm" and self.attention != "causal":
@@ -116,6 +114,19 @@ class ModelConfig:
 
     def _meta_model(self):
         """The model without memory (meta tensors): its shapes only, for counting."""
+        import torch
+
         from helm_scale.plain_model import build_plain_model
         with torch.device("meta"):
             return build_plain_model(self)
+
+
+def __getattr__(name: str):
+    # DTYPES (params_dtype -> torch dtype) is built on first use, so that importing the
+    # config needs no torch; the models that need it import it from here as before.
+    # (Issue 19 item 1 moves ModelConfig to helm_scale/models/config.py; this mapping
+    # belongs with the models then.)
+    if name == "DTYPES":
+        import torch
+        return {"fp32": torch.float32, "bf16": torch.bfloat16}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
