@@ -1,6 +1,6 @@
 """Training throughput of helm_scale against the HELM reference stack's model.
 
-Ours: HelmTransformer (megatron-core layers) + the vocab-parallel HXE + our engine (DDP
+Ours: TensorParallelTransformer (megatron-core layers) + the vocab-parallel HXE + our engine (DDP
 backend, world of one). Peer: Hugging Face transformers' GPT2LMHeadModel (MLM: BERT) at the same
 size, batch and sequence length, with a plain PyTorch loop (AdamW, its built-in
 cross-entropy), as the HELM reference trains: eager, never compiled. Both get the same
@@ -21,14 +21,14 @@ padding="max_length"). Tokens/s then counts real tokens only, so packing is cred
 and padding is not; both stacks see the same real tokens each step.
 
 FLOPs per token (both models, same shapes): 6 x (L(4h^2 + 2hf) + V h) + 12 L h S,
-forward + backward, attention included (helm_scale.model.ModelConfig.flops_per_token),
+forward + backward, attention included (helm_scale.models.registry.flops_per_token),
 S the row length; TFLOP/s and MFU count real tokens only.
---backbones mamba hyena adds HELM's other backbones (helm_scale.mamba, helm_scale.hyena) as
+--backbones mamba hyena adds HELM's other backbones (helm_scale.models.mamba, .hyena) as
 more rows of the same run, trained like ours (same engine, HXE, batch): Hyena at the
 transformer's depth, width and MLP; Mamba at its width and MLP, with the depth that comes
 closest to its parameter count. They take one sequence per row, so with --dataset and
 --layout packed they get the padded layout of the same sequences. Their FLOPs per token
-are their own (ModelConfig.flops_per_token: matmuls plus the scan / FFT convolution).
+are their own (registry.flops_per_token: matmuls plus the scan / FFT convolution).
 Peak memory (CUDA only): the most allocated while the stack was built and warmed up,
 above what was allocated before it (so the other stack's tensors do not count).
 
@@ -64,14 +64,14 @@ CORPUS_BATCHES = 4  # distinct micro-batches cycled with --dataset: lengths vary
 def _ours(cfg, batches, device, bf16, recompute, compile_blocks, pack):
     from helm_scale.codon import Vocabulary
     from helm_scale.losses import LossConfig, build_loss
-    from helm_scale.model import build_model
+    from helm_scale.models.registry import build_training_model
     from helm_scale.parallel import OptimizerConfig, ParallelConfig, build_engine, init_parallel
     from helm_scale.trainer import optimizer_step
     pcfg = ParallelConfig(backend="deepspeed" if bf16 and device.type == "cpu" else "ddp",
                           precision="bf16" if bf16 else "fp32", activation_checkpointing=recompute,
                           compile=compile_blocks)
     state = init_parallel(pcfg)
-    engine = build_engine(build_model(cfg), OptimizerConfig(lr=1e-4), pcfg, state)
+    engine = build_engine(build_training_model(cfg), OptimizerConfig(lr=1e-4), pcfg, state)
     vocab = Vocabulary.default()
     loss_fn = build_loss(LossConfig(name="hxe", overwrite_logits=True), vocab, cfg.padded_vocab_size)
     turns, objective = itertools.cycle(batches), "clm" if cfg.attention == "causal" else "mlm"
@@ -93,9 +93,10 @@ def _size_matched(cfg, arch: str):
     other = dataclasses.replace(cfg, arch=arch, position="learned" if arch == "mamba" else "none")
     if arch == "hyena":
         return other
-    target = cfg.num_parameters()
+    from helm_scale.models.registry import num_parameters
+    target = num_parameters(cfg)
     return min((dataclasses.replace(other, num_layers=n) for n in range(1, 4 * cfg.num_layers + 1)),
-               key=lambda c: abs(c.num_parameters() - target))
+               key=lambda c: abs(num_parameters(c) - target))
 
 
 def _peer(cfg, batches, device, bf16, recompute):
@@ -264,7 +265,8 @@ def main() -> int:
                       MASTER_PORT=os.environ.get("MASTER_PORT", "29533"))
     import warnings
     warnings.filterwarnings("ignore")
-    from helm_scale.model import ModelConfig
+    from helm_scale.models.config import ModelConfig
+    from helm_scale.models.registry import flops_per_token, num_parameters
     from helm_scale.observe import device_peak_tflops
     from helm_scale.train_config import load_train_config
     cfg = (load_train_config(args.config).model if args.config else
@@ -302,7 +304,7 @@ def main() -> int:
     for _ in range(args.repeat):  # alternate, so machine load hits all alike
         for name, step in timed.items():
             best[name] = min(best[name], _time(step, warmup, steps, device))
-    flops, peak = cfg.flops_per_token(seq), device_peak_tflops(None)
+    flops, peak = flops_per_token(cfg, seq), device_peak_tflops(None)
     # Real tokens per step: the same for ours and the peer (and the backbones but when
     # they get the unpacked rows of a packed run).
     stack_tokens = {name: sum(map(_real_tokens, bs)) / len(bs) for name, bs in batches_of.items()}
@@ -311,7 +313,7 @@ def main() -> int:
                for name, bs in batches_of.items()}
     rows = {}
     print(f"{args.objective}, model {cfg.num_layers}x{cfg.hidden_size}x{cfg.ffn_hidden_size}, "
-          f"{cfg.num_parameters():,} params, "
+          f"{num_parameters(cfg):,} params, "
           f"batch {args.batch} x {seq}, {'bf16' if args.bf16 else 'fp32'}, {device}, "
           + (f"{args.dataset}: ours {args.layout}, peer padded to {args.peer_padding}" if args.dataset
              else "random codons, full rows")
@@ -320,7 +322,7 @@ def main() -> int:
           f"{'peak GiB':>9} {'params':>12}")
     for name in runners:
         seconds, model = best[name], runners[name][1]
-        stack_flops, n = configs[name].flops_per_token(seq), stack_tokens[name]
+        stack_flops, n = flops_per_token(configs[name], seq), stack_tokens[name]
         rows[name] = {"step_s": seconds, "tokens_per_s": n / seconds, "real_tokens_per_step": n,
                       "tflops": n / seconds * stack_flops / 1e12,
                       "mfu": (n / seconds * stack_flops / 1e12 / peak) if peak else None,

@@ -1,5 +1,5 @@
 """helm-scale eval downstream / annotate end to end on a tiny exported model (random
-weights, made here with PlainTransformer + save_export), synthetic CSVs, and the real
+weights, made here with models.transformer.Transformer + save_export), synthetic CSVs, and the real
 sets when ../shared/data is present."""
 import json
 from dataclasses import replace
@@ -22,13 +22,13 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     from helm_scale.export import save_export
-    from helm_scale.model_config import ModelConfig
-    from helm_scale.plain_model import PlainTransformer
+    from helm_scale.models.config import ModelConfig
+    from helm_scale.models.transformer import Transformer
     from helm_scale.train_config import TrainConfig
     cfg = ModelConfig(num_layers=1, hidden_size=64, ffn_hidden_size=128, num_heads=2, max_seq_len=64)
     torch.manual_seed(0)
-    model = PlainTransformer(cfg)
-    with torch.no_grad():  # PlainTransformer leaves positions at zero: give them a scale
+    model = Transformer(cfg)
+    with torch.no_grad():  # Transformer leaves positions at zero: give them a scale
         model.position_embeddings.normal_(0.0, 0.02)
     return save_export(tmp_path_factory.mktemp("export") / "tiny", model.state_dict(),
                        replace(TrainConfig(), model=cfg), step=7)

@@ -1,4 +1,4 @@
-"""HELM's attention-free backbones (helm_scale.mamba, helm_scale.hyena): the parallel scan
+"""HELM's attention-free backbones (helm_scale.models.mamba, .hyena): the parallel scan
 and the FFT convolution against direct float64 references, causality and bidirectionality,
 right padding, the recurrent decoder, configuration checks, and export / evaluation."""
 import math
@@ -10,10 +10,10 @@ from helm_scale.cli import main
 from helm_scale.evaluate import generate, sequence_nll
 from helm_scale.evaluate.decoding import decoder_for
 from helm_scale.evaluate.scoring import embed
-from helm_scale.hyena import HyenaLM, long_conv
-from helm_scale.mamba import MambaLM, linear_scan, selective_scan
-from helm_scale.model_config import ModelConfig
-from helm_scale.plain_model import build_plain_model
+from helm_scale.models.config import ModelConfig
+from helm_scale.models.hyena import HyenaLM, long_conv
+from helm_scale.models.mamba import MambaLM, linear_scan, selective_scan
+from helm_scale.models.registry import build_model, num_parameters
 from tests.eval_utils import load_exported, one_torch_thread, tiny_export  # noqa: F401 (autouse fixture)
 
 SMALL = {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "ffn_hidden_size": 48, "max_seq_len": 64}
@@ -26,7 +26,7 @@ def small(arch: str, attention: str = "causal", **extra) -> ModelConfig:
 
 def _model(cfg: ModelConfig, seed: int = 0):
     torch.manual_seed(seed)
-    return build_plain_model(cfg).double().eval()
+    return build_model(cfg).double().eval()
 
 
 # ------------------------------------------------------------------- the two primitives
@@ -150,7 +150,7 @@ def test_packed_rows_are_refused(arch):
 
 
 def test_selective_scan_in_row_groups_is_the_same(monkeypatch):
-    import helm_scale.mamba as mamba
+    import helm_scale.models.mamba as mamba
     inputs = [t.requires_grad_() for t in _ssm_inputs(20, 3)]
     whole = selective_scan(*inputs)
     whole_grads = torch.autograd.grad(whole[0].square().sum(), inputs)
@@ -174,7 +174,7 @@ def test_mamba_recurrent_decoder_matches_the_full_forward():
         logits, state = model.decode(ids[keep, t:t + 1], state)
         assert torch.allclose(logits, full[keep, t], rtol=0, atol=1e-10), t
     decoder = decoder_for(model)
-    assert type(decoder).__name__ == "RecurrentDecoder"
+    assert type(decoder).__name__ == "IncrementalDecoder"
     assert torch.allclose(decoder.start(ids[:, :5]), full[:, 4], rtol=0, atol=1e-10)
     assert torch.allclose(decoder.step(ids[keep, 5], keep), full[keep, 5], rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="causal"):
@@ -184,7 +184,7 @@ def test_mamba_recurrent_decoder_matches_the_full_forward():
 def test_mamba_decays_neither_a_nor_d():
     from helm_scale.parallel import OptimizerConfig
     from helm_scale.parallel.optim import build_param_groups
-    model = build_plain_model(small("mamba"))
+    model = build_model(small("mamba"))
     decay, no_decay = (set(map(id, g["params"])) for g in build_param_groups(model, OptimizerConfig()))
     for name, p in model.named_parameters():
         assert (id(p) in no_decay) == (name.endswith(("A_log", ".D")) or p.ndim == 1 or "embeddings" in name), name
@@ -194,15 +194,15 @@ def test_mamba_decays_neither_a_nor_d():
 def test_parameter_counts_are_the_models():
     for arch, attention in [("mamba", "causal"), ("mamba", "bidirectional"), ("hyena", "causal")]:
         cfg = small(arch, attention, tie_embeddings=False)
-        model = build_plain_model(cfg)
-        assert sum(p.numel() for p in model.parameters()) == cfg.num_parameters()
-        assert cfg.num_parameters(include_embeddings=False) == cfg.num_parameters() - cfg.padded_vocab_size * 32 \
+        model = build_model(cfg)
+        assert sum(p.numel() for p in model.parameters()) == num_parameters(cfg)
+        assert num_parameters(cfg, include_embeddings=False) == num_parameters(cfg) - cfg.padded_vocab_size * 32 \
             - (64 * 32 if arch == "mamba" else 0)
     # One block counted by hand: h 32, inner 64, dt rank 2, state 16, 4 taps, MLP 48.
     h, d, r, n, f = 32, 64, 2, 16, 48
     mamba_block = 4 * h + h * 2 * d + d * 4 + d + d * (r + 2 * n) + r * d + d + d * n + d + d * h + h * 2 * f + f * h
     cfg = small("mamba", num_layers=1)
-    assert cfg.num_parameters() == mamba_block + 2 * h + cfg.padded_vocab_size * h + 64 * h
+    assert num_parameters(cfg) == mamba_block + 2 * h + cfg.padded_vocab_size * h + 64 * h
 
 
 @pytest.mark.parametrize("overrides", [{"position": "rotary"}])

@@ -92,11 +92,12 @@ class Backbone:
             raise InputError(f"{path}: not an exported model ({e})") from None
 
     def describe(self) -> dict:
+        from helm_scale.models.registry import num_parameters
         m = self.config.model
         return {"step": self.step, "loss": getattr(self.config.loss, "name", None),
                 "objective": self.config.data.objective, "layers": m.num_layers,
                 "hidden": m.hidden_size, "max_seq_len": m.max_seq_len,
-                "parameters": m.num_parameters()}
+                "parameters": num_parameters(m)}
 
     def tokenise(self, sequences: list[str], max_len: int | None = None) -> Tokenised:
         return tokenise(sequences, self.vocab, min(max_len or self.max_len, self.max_len))

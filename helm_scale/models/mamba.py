@@ -1,7 +1,7 @@
 """Mamba-1 language model over codons (``model.arch: mamba``), in plain PyTorch so that it
 trains on a CPU: HELM's second backbone (configs/mamba_clm.yaml, configs/mamba_mlm.yaml).
 
-  MambaLM(config)                 helm_scale.mixer_lm.MixerLM: forward -> logits, hidden_states
+  MambaLM(config)                 models.mixer_lm.MixerLM: forward -> logits, hidden_states
       .decode(input_ids, state=None) -> (logits at the last position [b, V], MambaState)
   selective_scan(x, dt, A, B, C)  the SSM over all positions at once -> (y, last state)
   linear_scan(a, b)               h_t = a_t * h_{t-1} + b_t along dim 1 (h_{-1} = 0), chunked
@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helm_scale.mixer_lm import MixerLM, residual_scale_, wide
-from helm_scale.model_config import DTYPES, ModelConfig
+from helm_scale.models.config import ModelConfig
+from helm_scale.models.layers import DTYPES
+from helm_scale.models.mixer_lm import MixerLM, residual_scale_, wide
 
 STATE_SIZE = 16   # N, Mamba's default d_state
 EXPAND = 2        # inner width = EXPAND * hidden_size
