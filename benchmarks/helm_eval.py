@@ -47,7 +47,7 @@ from helm_eval_lm import (  # beside this script
 )
 from results_io import write_results
 
-from helm_scale.evaluate.report import (
+from helm_scale.evaluate.probes.report import (
     bar_chart,
     compare_annotation_markdown,
     compare_markdown,

@@ -8,8 +8,8 @@ import torch
 
 from helm_scale.cli import main
 from helm_scale.evaluate import generate, sequence_nll
-from helm_scale.evaluate.decoding import decoder_for
-from helm_scale.evaluate.scoring import embed
+from helm_scale.evaluate.generation.decoding import decoder_for
+from helm_scale.evaluate.lm.scoring import embed
 from helm_scale.models.config import ModelConfig
 from helm_scale.models.hyena import HyenaLM, long_conv
 from helm_scale.models.mamba import MambaLM, linear_scan, selective_scan
