@@ -146,7 +146,6 @@ def _restore_empty_extra_state(module, state_dict, prefix, *args) -> None:
 class TensorParallelTransformer(Transformer):
     def __init__(self, config: ModelConfig, *, sequence_parallel: bool = False):
         super().__init__(config, TensorParallel(config, sequence_parallel))
-        self.tp = self.parallel.tp
         # megatron's linears report an extra state (Transformer Engine's fp8 metadata) that is
         # always None here: leave it out of state dicts so that checkpoints hold tensors only
         # (DeepSpeed's universal conversion fails on a None, DCP would pickle it).

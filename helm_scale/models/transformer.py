@@ -5,8 +5,8 @@ One network for one device and for tensor parallelism: its layers come from a fa
 ``SingleDevice`` (here) gives torch.nn layers; ``TensorParallel``
 (helm_scale.models.tp_transformer) gives megatron-core's vocab-parallel embedding and head
 and column- / row-parallel linears behind the same small interface (linears return their
-output with the bias added), plus the sequence-parallel scatter / gather and the dropout
-RNG streams. The block's arithmetic is written once, below, and runs in megatron's
+output with the bias added), plus the sequence-parallel scatter and the dropout RNG
+streams. The block's arithmetic is written once, below, and runs in megatron's
 [s, b, h] layout for both, so sequence parallelism can shard dim 0. Parameter names are
 the same for both: an export (the TP model's full, gathered state dict) loads into
 Transformer with no megatron import.
