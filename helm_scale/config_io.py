@@ -98,7 +98,10 @@ def load_config(cls, path: str | None = None, overrides: list[str] = ()):
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return from_dict(cls, apply_overrides(data, list(overrides)))

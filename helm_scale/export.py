@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from helm_scale.checkpoint.store import CheckpointStore, sha256_file
+from helm_scale.checkpoint.store import CheckpointStore
 from helm_scale.codon import CodonTree, Vocabulary, build_tree
+from helm_scale.durable import sha256_file, staged_dir
 
 FORMAT = "helm-scale-export/1"
 EXPORT_FILES = ("model.safetensors", "config.yaml", "vocab.json", "tree.json")
@@ -53,9 +51,7 @@ def save_export(out_dir, state_dict: dict[str, torch.Tensor], train_config, step
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out} exists; remove it or choose another -o")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         vocab = Vocabulary.default()
         tree = build_tree(vocab, train_config.loss.tree, train_config.loss.tree_seed)
         save_file({k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()},
@@ -67,10 +63,6 @@ def save_export(out_dir, state_dict: dict[str, torch.Tensor], train_config, step
                 "vocab_fingerprint": vocab.fingerprint, "tree_fingerprint": tree.fingerprint,
                 "sha256": {name: sha256_file(tmp / name) for name in EXPORT_FILES}}
         (tmp / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -8,7 +8,6 @@ the devices' peak (RunConfig.peak_tflops_per_device, or the dense bf16 peak of k
 from __future__ import annotations
 
 import json
-import math
 import resource
 import sys
 import time
@@ -97,7 +96,3 @@ class RunLogger:
         if self.writer is not None:
             self.writer.close()
         sys.stdout.flush()
-
-
-def perplexity(cross_entropy: float) -> float:
-    return math.exp(min(cross_entropy, 50.0))

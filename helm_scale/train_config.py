@@ -3,6 +3,9 @@ dotted overrides, and validated as a whole before any process group starts.
 
     cfg = load_train_config("configs/tiny.yaml", ["data.dataset_dir=demo/shards"])
     cfg.check(world_size=2)      # raises ConfigError naming what to change
+
+No torch here, nor in the section types: the launcher loads a job with this same loader
+on a machine without torch.
 """
 from __future__ import annotations
 
@@ -69,6 +72,8 @@ class RunConfig:
     verify_checksums: bool = True     # sha256 of every file before resuming (sizes always)
 
     def __post_init__(self):
+        if not self.run_dir:
+            raise ValueError("run_dir must be a non-empty path")
         if self.log_interval < 1 or self.eval_interval < 0 or self.eval_batches < 1:
             raise ValueError(f"need log_interval >= 1, eval_interval >= 0, eval_batches >= 1; got "
                              f"{self.log_interval}, {self.eval_interval}, {self.eval_batches}")

@@ -120,7 +120,7 @@ class Trainer:
         self.log = RunLogger(str(self.run_dir), self.state.is_main, cfg.run.tensorboard,
                              flops_per_token(cfg.model, cfg.data.seq_len), self.state.world_size,
                              device_peak_tflops(cfg.run.peak_tflops_per_device))
-        # Decided before the engine exists: DeepSpeed must know whether it loads universally.
+        # Decided before the engine exists: a checkpoint this job cannot resume fails first.
         self.checkpointer = Checkpointer(cfg, self.state, self.log.line)
         point = self.checkpointer.find()
         if point is not None:
@@ -201,7 +201,7 @@ class Trainer:
         from dataclasses import replace
 
         from helm_scale.data import build_loader
-        from helm_scale.losses.metrics import metric_means
+        from helm_scale.losses.metrics import metric_means, perplexity
         try:
             loader = build_loader(replace(self.loader_cfg, split=self.cfg.data.eval_split, shuffle=False,
                                           num_workers=0), self.state.dp_rank, self.state.dp_size)
@@ -223,7 +223,7 @@ class Trainer:
         metrics = {k: float(v) for k, v in metric_means(self._reduce(sums)).items()}
         xe_means = metric_means(self._reduce(xe))
         metrics["cross_entropy"] = float(xe_means["loss"])
-        metrics["perplexity"] = math.exp(min(metrics["cross_entropy"], 50.0))
+        metrics["perplexity"] = perplexity(metrics["cross_entropy"])
         return metrics
 
     def save(self) -> None:

@@ -1,22 +1,16 @@
-"""What the launcher needs to know about a training job, read without the trainer.
+"""What the launcher needs to know about a training job: the trainer's own typed config.
 
-The trainer's typed config (helm_scale.train_config) imports torch through the model and
-loss modules, and the launcher must run where torch is absent (a laptop, a login node).
-So the YAML is read here with pyyaml, the user's overrides are applied the same way the
-trainer applies them (helm_scale.config_io imports only yaml), and only the few fields
-that shape the launch are taken. The full config is still validated by the trainer.
+helm_scale.train_config and its section types import no torch (nor the trainer), so the
+launcher loads the job exactly as the trainer will (defaults, overrides and each
+section's checks included) on a machine without torch: a laptop, a login node. The checks
+that need the dataset or the world size stay with the trainer (TrainConfig.check).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
-
-from helm_scale.config_io import ConfigError, apply_overrides
-
-# Mirrors RunConfig.run_dir's default in helm_scale/train_config.py.
-DEFAULT_RUN_DIR = "runs/default"
+from helm_scale.config_io import ConfigError
+from helm_scale.train_config import TrainConfig, load_train_config
 
 
 class LaunchError(ValueError):
@@ -27,9 +21,15 @@ class LaunchError(ValueError):
 class Job:
     config: str                      # the YAML path, as given
     overrides: tuple[str, ...]       # section.key=value, passed on to the trainer unchanged
-    run_dir: str
-    tensor_parallel: int
-    timeout_s: float | None          # parallel.timeout_s when the config sets it
+    train: TrainConfig               # what the trainer will load from them
+
+    @property
+    def run_dir(self) -> str:
+        return self.train.run.run_dir
+
+    @property
+    def tensor_parallel(self) -> int:
+        return self.train.parallel.tensor_parallel
 
     def check_world(self, world_size: int, layout: str) -> None:
         """The one layout rule that can be checked without the trainer: TP divides the world."""
@@ -42,35 +42,8 @@ class Job:
 
 
 def read_job(config: str, overrides: list[str] | tuple[str, ...] = ()) -> Job:
-    path = Path(config)
-    if not path.is_file():
-        raise LaunchError(f"config file {config} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise LaunchError(f"{config} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise LaunchError(f"{config}: the top level must be a mapping of sections")
-    try:
-        data = apply_overrides(data, list(overrides))
+        train = load_train_config(config, list(overrides))
     except ConfigError as e:
         raise LaunchError(str(e)) from None
-    parallel, run = _section(data, "parallel"), _section(data, "run")
-    tp = parallel.get("tensor_parallel", 1)
-    if type(tp) is not int or tp < 1:
-        raise LaunchError(f"parallel.tensor_parallel must be an int >= 1, got {tp!r}")
-    run_dir = run.get("run_dir", DEFAULT_RUN_DIR)
-    if not isinstance(run_dir, str) or not run_dir:
-        raise LaunchError(f"run.run_dir must be a non-empty string, got {run_dir!r}")
-    timeout = parallel.get("timeout_s")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise LaunchError(f"parallel.timeout_s must be a number > 0, got {timeout!r}")
-    return Job(config=config, overrides=tuple(overrides), run_dir=run_dir, tensor_parallel=tp,
-               timeout_s=None if timeout is None else float(timeout))
-
-
-def _section(data: dict, name: str) -> dict:
-    section = data.get(name) or {}
-    if not isinstance(section, dict):
-        raise LaunchError(f"{name} must be a section (a mapping), got {section!r}")
-    return section
+    return Job(config=config, overrides=tuple(overrides), train=train)

@@ -61,7 +61,7 @@ def _common_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]
     g.add_argument("--dry-run", action="store_true", help="print the commands, environment and files; start nothing")
     g.add_argument("--collective-timeout", type=float, metavar="SECONDS",
                    help="a collective waiting longer ends the job, naming the rank and operation; passed as "
-                        "parallel.timeout_s (default: the config's, else 600; 0: the trainer's own)")
+                        "parallel.timeout_s (default, or 0: the config's parallel.timeout_s)")
     g.add_argument("--nccl-debug", choices=["VERSION", "WARN", "INFO", "TRACE"], help="set NCCL_DEBUG")
     g.add_argument("--distributed-debug", choices=["OFF", "INFO", "DETAIL"], help="set TORCH_DISTRIBUTED_DEBUG")
     g.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE",

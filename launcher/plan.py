@@ -11,11 +11,6 @@ from pathlib import Path
 
 from launcher.job import Job, LaunchError
 
-# Collective timeout passed to the trainer when neither the flag nor the config sets one:
-# long enough for a checkpoint save or a slow first NCCL communicator, far below torch's
-# 30-minute default that turns one dead rank into a silent half-hour hang.
-DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
-
 
 @dataclass(frozen=True)
 class Options:
@@ -24,7 +19,7 @@ class Options:
     python: str
     log_dir: str
     max_restarts: int = 3
-    collective_timeout_s: float | None = None  # None: the config's, else the default; 0: the trainer's own
+    collective_timeout_s: float | None = None  # None or 0: the config's parallel.timeout_s
     stop_grace_s: int = 60                      # SIGTERM -> SIGKILL: time for the workers to save
     nccl_debug: str | None = None
     distributed_debug: str | None = None
@@ -62,21 +57,14 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def collective_timeout(job: Job, opts: Options) -> tuple[float, bool]:
-    """(seconds, whether to pass it as an override). The flag wins over the config; a
-    config that sets parallel.timeout_s needs no override; 0 leaves it to the trainer."""
-    if opts.collective_timeout_s is None and job.timeout_s is not None:
-        return job.timeout_s, False
-    value = DEFAULT_COLLECTIVE_TIMEOUT_S if opts.collective_timeout_s is None else opts.collective_timeout_s
-    if value < 0:
-        raise LaunchError(f"--collective-timeout must be >= 0 seconds, got {value:g}")
-    return value, value > 0
-
-
 def trainer_args(job: Job, opts: Options) -> list[str]:
-    """Arguments of ``python -m helm_scale.cli``: the training command each worker runs."""
-    seconds, pass_it = collective_timeout(job, opts)
-    extra = [f"parallel.timeout_s={seconds:g}"] if pass_it else []
+    """Arguments of ``python -m helm_scale.cli``: the training command each worker runs.
+    --collective-timeout reaches the trainer as an override; without it the trainer keeps
+    its config's parallel.timeout_s."""
+    seconds = opts.collective_timeout_s
+    if seconds is not None and seconds < 0:
+        raise LaunchError(f"--collective-timeout must be >= 0 seconds, got {seconds:g}")
+    extra = [f"parallel.timeout_s={seconds:g}"] if seconds else []
     return ["train", job.config, *job.overrides, *extra]
 
 

@@ -8,7 +8,8 @@ import pickle
 import pytest
 import torch
 
-from helm_scale.checkpoint.sharded import _MetadataUnpickler, weights_only_torch_load
+from helm_scale.parallel.ddp_engine import _MetadataUnpickler
+from helm_scale.parallel.deepspeed_engine import weights_only_torch_load
 from helm_scale.checkpoint.store import LATEST, CheckpointStore
 from helm_scale.export import load_exported, save_export
 from helm_scale.models.config import ModelConfig
@@ -116,3 +117,22 @@ def test_export_refuses_a_modified_file(tmp_path):
         f.write(b"\x00\x00\x80\x7f")
     with pytest.raises(ValueError, match="sha256"):
         load_exported(out)
+
+
+def test_each_engine_says_which_layout_changes_its_state_survives():
+    from helm_scale.parallel.backends import engine_class
+    ddp, deepspeed = engine_class("ddp"), engine_class("deepspeed")
+
+    def layout(backend="deepspeed", dp=2, tp=1, zero_stage=2, precision="fp32"):
+        return dict(world_size=dp * tp, dp=dp, tp=tp, backend=backend, zero_stage=zero_stage, precision=precision)
+
+    assert ddp.resume_route(layout("ddp", zero_stage=0), layout("ddp", dp=1, tp=2, zero_stage=0)) is False
+    assert deepspeed.resume_route(layout(), layout(dp=1)) is True  # ZeRO 1-3: the universal form
+    assert deepspeed.resume_route(layout(zero_stage=0), layout(dp=1, zero_stage=0)) is False
+    assert deepspeed.resume_route(layout(), layout()) is False
+    with pytest.raises(ValueError, match="resume with parallel.zero_stage=2"):
+        deepspeed.resume_route(layout(), layout(zero_stage=3))
+    with pytest.raises(ValueError, match="tensor_parallel=1 at tensor_parallel=2.*parallel.backend=ddp"):
+        deepspeed.resume_route(layout(), layout(dp=1, tp=2))
+    with pytest.raises(ValueError, match="unknown parallel backend 'mars'"):
+        engine_class("mars")

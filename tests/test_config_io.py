@@ -51,3 +51,9 @@ def test_missing_required_and_missing_file(tmp_path):
         load_config(Run, None, [])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Run, tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_is_a_config_error(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config(Run, tmp_path / "bad.yaml")

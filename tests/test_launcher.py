@@ -27,8 +27,7 @@ def test_launching_imports_neither_torch_nor_the_trainer(tmp_path):
     code = ("import sys; from helm_scale.cli import main; "
             f"rc = main(['launch', 'slurm', '--nodes', '2', '--dry-run', {TINY!r}, 'run.run_dir={tmp_path}']); "
             "import launcher.slurm_node, launcher.deepspeed_cmd; "
-            "heavy = [m for m in ('torch', 'deepspeed', 'megatron', 'helm_scale.trainer', 'helm_scale.parallel', "
-            "'helm_scale.train_config') if m in sys.modules]; "
+            "heavy = [m for m in ('torch', 'deepspeed', 'megatron', 'helm_scale.trainer') if m in sys.modules]; "
             "print('HEAVY', heavy); sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -56,7 +55,9 @@ def test_help_for_launch_and_every_target(capsys):
       "parallel.tensor_parallel=4"], "2 node(s) x 3 process(es) = 6 processes is not a multiple"),
     (["slurm", "--nodes", "3", TINY, "parallel.tensor_parallel=2"], "3 node(s) x 1 process(es) = 3 processes"),
     (["local", "does/not/exist.yaml"], "config file does/not/exist.yaml does not exist"),
-    (["local", TINY, "parallel.tensor_parallel=zero"], "parallel.tensor_parallel must be an int >= 1"),
+    (["local", TINY, "parallel.tensor_parallel=zero"], "parallel.tensor_parallel must be int, got 'zero'"),
+    (["local", TINY, "parallel.tensor_parallel=0"], "tensor_parallel must be an int >= 1"),
+    (["local", TINY, "model.hidden_size=-1"], "ModelConfig.hidden_size must be a positive int"),
     (["local", TINY, "notanoverride"], "is not of the form section.key=value"),
     (["local", "--nproc-per-node", "0", TINY], "need at least one node and one process per node"),
     (["torchrun", "--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:29500", TINY],
@@ -100,7 +101,7 @@ def test_local_dry_run_prints_the_torchrun_command_and_starts_nothing(capsys, tm
     assert argv[argv.index("--log-dir") + 1] == f"{run_dir}/logs/node0"
     assert argv[argv.index("--local-ranks-filter") + 1] == "0"
     assert argv[argv.index("-m", 3):] == ["-m", "helm_scale.cli", "train", TINY, f"run.run_dir={run_dir}",
-                                          "optim.lr=1e-3", "parallel.timeout_s=600"]
+                                          "optim.lr=1e-3"]
     for line in ("export NCCL_DEBUG=WARN", "export FOO='bar baz'", "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1",
                  "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", "export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=60"):
         assert line in out.splitlines()
@@ -108,11 +109,11 @@ def test_local_dry_run_prints_the_torchrun_command_and_starts_nothing(capsys, tm
 
 
 @pytest.mark.parametrize("flags, overrides, expected", [
-    ([], [], "parallel.timeout_s=600"),
+    ([], [], None),                           # the config's (here the default, 600 s)
     (["--collective-timeout", "30"], [], "parallel.timeout_s=30"),
     (["--collective-timeout", "30"], ["parallel.timeout_s=90"], "parallel.timeout_s=30"),
     ([], ["parallel.timeout_s=90"], None),    # the config's own value stands
-    (["--collective-timeout", "0"], [], None),  # the trainer's default
+    (["--collective-timeout", "0"], [], None),  # the config's
 ])
 def test_collective_timeout_reaches_the_trainer_as_an_override(flags, overrides, expected, capsys):
     assert main(["launch", "local", "--dry-run", *flags, TINY, *overrides]) == 0
@@ -163,10 +164,12 @@ def test_deepspeed_refuses_values_its_remote_shell_would_run(capsys, tmp_path):
     assert "--no_ssh_check" in argv and argv[argv.index("--master_addr") + 1] == "127.0.0.1"
 
 
-def test_read_job_takes_the_launch_fields_from_yaml_and_overrides(tmp_path):
-    job = read_job(TINY, ["parallel.tensor_parallel=2", f"run.run_dir={tmp_path}"])
-    assert (job.tensor_parallel, job.run_dir, job.timeout_s) == (2, str(tmp_path), None)
-    assert read_job(TINY, ["parallel.timeout_s=45"]).timeout_s == 45.0
+def test_read_job_loads_the_trainers_config_from_yaml_and_overrides(tmp_path):
+    from helm_scale.train_config import load_train_config
+    overrides = ["parallel.tensor_parallel=2", f"run.run_dir={tmp_path}", "parallel.timeout_s=45"]
+    job = read_job(TINY, overrides)
+    assert (job.tensor_parallel, job.run_dir, job.train.parallel.timeout_s) == (2, str(tmp_path), 45.0)
+    assert job.train == load_train_config(TINY, overrides)
 
 
 def test_launch_record(tmp_path, monkeypatch):

@@ -144,7 +144,7 @@ def test_hostile_values_stay_data_in_directives_and_in_the_shell(capsys, monkeyp
     node = srun[srun.index("launcher.slurm_node") - 2:]
     assert srun[:srun.index(sys.executable)] == ["--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert node[node.index("--log-dir") + 1] == f"{work}/{run_dir}/logs"
-    assert node[node.index("--"):] == ["--", "train", TINY, f"run.run_dir={run_dir}", "parallel.timeout_s=600"]
+    assert node[node.index("--"):] == ["--", "train", TINY, f"run.run_dir={run_dir}"]
     exported = subprocess.run(["bash", "-c", (f"source <(grep '^export ' {shlex.quote(str(script))}); "
                                "printf '%s' \"$NOTE\"")], check=False, capture_output=True, text=True)
     assert exported.stdout == f"it's {EVIL}"
@@ -155,7 +155,7 @@ def test_hostile_values_stay_data_in_directives_and_in_the_shell(capsys, monkeyp
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     torchrun = shlex.split(out.stdout.strip().splitlines()[-1])
-    assert torchrun[-3:] == [TINY, f"run.run_dir={run_dir}", "parallel.timeout_s=600"]
+    assert torchrun[-3:] == ["train", TINY, f"run.run_dir={run_dir}"]
     assert torchrun[torchrun.index("--log-dir") + 1] == f"{work}/{run_dir}/logs/node1"
 
 

@@ -1,8 +1,6 @@
-"""The package's layering: no import circle, and the light modules stay light.
-
-Every ``import`` statement of helm_scale/, data_prep/ and launcher/ counts, at module
-level or inside a function (a deferred import still ties the two modules together).
-"""
+"""The package's layering: no import circle, the bottom modules import nothing of ours,
+and the configuration types import no torch (so the launcher can load a training config
+where torch is absent)."""
 from __future__ import annotations
 
 import ast
@@ -12,42 +10,60 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("helm_scale", "data_prep", "launcher")
+BOTTOM = ("helm_scale.codon", "helm_scale.durable")
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def _lazy_names(tree: ast.Module) -> dict[str, str]:
+    """A package's ``_LAZY = {"name": "submodule"}`` table (names imported on first use)."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return {}
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the modules of ours it imports (a package import counts as its __init__)."""
-    files = {_module_name(f): f for pkg in PACKAGES for f in (ROOT / pkg).rglob("*.py")}
+    """Module -> modules of ours it imports anywhere (in functions too: a lazy import is
+    still a dependency), except under ``if TYPE_CHECKING:``, which never runs."""
+    modules = _modules()
+    trees = {name: ast.parse(path.read_text()) for name, path in modules.items()}
+    lazy = {name: _lazy_names(tree) for name, tree in trees.items() if modules[name].name == "__init__.py"}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
     graph = {}
-    for name, path in files.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        targets = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                node.body = []
+        targets = []
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                targets.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:  # relative: from the package, up level - 1
-                    up = package.split(".")[:len(package.split(".")) - node.level + 1]
-                    base = ".".join(up + ([base] if base else []))
-                modules = {f"{base}.{a.name}" for a in node.names} & files.keys()
-                # ``from pkg import module`` imports the module; ``from pkg import name``, pkg itself
-                targets.update(modules if len(modules) == len(node.names) else {base, *modules})
-        graph[name] = {t for t in targets if t in files and t != name}
+                targets += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                table = lazy.get(node.module, {})
+                targets += [f"{node.module}.{table.get(a.name, a.name)}" for a in node.names]
+        graph[name] = {r for t in targets if (r := resolve(t)) and r != name and not name.startswith(r + ".")}
     return graph
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+def circles(graph: dict[str, set[str]]) -> list[set[str]]:
     """Strongly connected components of more than one module (Tarjan)."""
-    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
 
     def visit(v):
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
+        index[v] = low[v] = len(index)
         stack.append(v)
         on_stack.add(v)
         for w in graph[v]:
@@ -57,15 +73,13 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             elif w in on_stack:
                 low[v] = min(low[v], index[w])
         if low[v] == index[v]:
-            component = []
-            while True:
+            component = set()
+            while not component or w != v:
                 w = stack.pop()
                 on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
+                component.add(w)
             if len(component) > 1:
-                found.append(sorted(component))
+                found.append(component)
 
     for v in sorted(graph):
         if v not in index:
@@ -73,28 +87,44 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_the_cycle_finder_finds_a_cycle():
-    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert cycles({"a": {"b"}, "b": set()}) == []
-
-
-# Issue 19, item 3 (engines own their state) removes this one: then empty the list.
-KNOWN_CIRCLES = [["helm_scale.parallel.deepspeed_engine", "helm_scale.parallel.engine"]]
-
-
 def test_no_import_circle():
     graph = import_graph()
-    assert "helm_scale.models.registry" in graph["helm_scale.trainer"]  # the graph sees deferred imports
-    assert [c for c in cycles(graph) if c not in KNOWN_CIRCLES] == []
+    assert "helm_scale.models.registry" in graph["helm_scale.trainer"]  # deferred imports count
+    found = circles(graph)
+    assert not found, f"import circles: {found}"
 
 
-def _imported_by(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
-    return set(out.stdout.split())
+def test_the_circle_check_finds_a_circle():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
 
-def test_model_config_needs_no_torch_and_exports_need_no_megatron():
-    assert "torch" not in _imported_by("import helm_scale.models.config")
-    loaded = _imported_by("import helm_scale.export, helm_scale.models.registry")
-    assert "torch" in loaded and not any(m.startswith(("megatron", "deepspeed")) for m in loaded)
+def test_bottom_modules_import_nothing_of_ours():
+    graph = import_graph()
+    for name in BOTTOM:
+        assert graph[name] == set(), f"{name} imports {graph[name]}"
+
+
+def test_config_types_import_no_torch():
+    code = ("import sys\n"
+            "import helm_scale.train_config, helm_scale.config_io, helm_scale.parallel.config, launcher.job\n"
+            "from helm_scale.train_config import load_train_config\n"
+            f"load_train_config({str(ROOT / 'configs' / 'tiny.yaml')!r}, ['parallel.tensor_parallel=2'])\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'megatron', 'deepspeed')))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_exports_load_without_megatron_and_eval_parses_without_torch():
+    """An export is plain PyTorch (models.registry.build_model: no megatron-core, no
+    DeepSpeed); `helm-scale eval` builds its parser without torch (each command imports
+    what it runs inside run())."""
+    code = ("import sys\n"
+            "from helm_scale.cli import build_parser\n"
+            "build_parser(['eval', 'generate'])\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'megatron', 'deepspeed')))\n"
+            "import helm_scale.export, helm_scale.models.registry\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'megatron', 'deepspeed'}))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "['torch']"]

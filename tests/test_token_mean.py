@@ -111,7 +111,7 @@ def _one_step_gradients(rank, world, dataset, run_root):
                     # the gradient that step applies (DeepSpeed: reduced and ZeRO-gathered).
                     if engine.micro_steps % accum == 0:
                         full = lambda p: p.grad  # noqa: E731
-                        if engine.ds_engine is not None:
+                        if engine.backend == "deepspeed":
                             from deepspeed.utils import safe_get_full_grad as full
                         captured.update(gather_tp_state(engine.module, state.tp_group, tensor_of=full))
                     return step()

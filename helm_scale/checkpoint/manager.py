@@ -3,16 +3,18 @@
     ckpt = Checkpointer(cfg, state, report)          # cfg: TrainConfig, state: ParallelState
     point = ckpt.find()                              # collective; per cfg.run.resume
     ckpt.check_resumable(point)                      # raises ResumeError saying what to do
-    engine = build_engine(...)                       # DeepSpeed needs to know point.universal first
+    engine = build_engine(...)                       # after: a refused resume builds nothing
     meta, rank_extra = ckpt.load(point, engine)      # weights, optimizer, RNG
     ckpt.save(step, engine, loader_state, trainer_state, rank_extra)   # collective, atomic
 
-Resume rules. Same layout: everything is restored, RNG included, bit for bit. Another
-DP size: DDP reshards through DCP; ZeRO 1-3 go through DeepSpeed's universal checkpoint
-(converted once, next to the native one); ZeRO 0 keeps no partitioned state. Another TP
-size: DDP only (DCP reshards the megatron shards). Per-rank RNG streams are restored only
-at the same layout; otherwise every rank is reseeded from (seed, step) and the log says so.
-The loader state counts rows of the global order, so data continues at any DP size.
+Resume rules. The codon vocabulary, the model settings and the backend must match. What
+else may change is the engine's to say (Engine.resume_route: DDP reshards through DCP
+to any DP and TP size; DeepSpeed keeps TP, ZeRO stage and precision, and goes through its
+universal checkpoint at another DP size). Same layout: everything is restored, RNG
+included, bit for bit. Per-rank RNG streams are restored only at the same layout;
+otherwise every rank is reseeded from (seed, step) and the log says so. The loader state
+counts rows of the global order, so data continues at any DP size. The engine writes and
+reads its own state (Engine.save / load); this module never asks which engine it has.
 """
 from __future__ import annotations
 
@@ -25,10 +27,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from helm_scale.checkpoint import rng, sharded
+from helm_scale.checkpoint import rng
 from helm_scale.checkpoint.store import CheckpointStore
 from helm_scale.codon import Vocabulary, build_tree
 from helm_scale.config_io import to_dict
+from helm_scale.parallel.backends import engine_class
 
 CHECKPOINTS = "checkpoints"
 
@@ -42,7 +45,7 @@ class ResumePoint:
     directory: Path
     step: int
     meta: dict
-    universal: bool = False  # DeepSpeed: load through the universal checkpoint
+    universal: bool = False  # Engine.load through the layout-free form (Engine.resume_route)
 
 
 def _versions() -> dict:
@@ -119,7 +122,7 @@ class Checkpointer:
 
     def check_resumable(self, point: ResumePoint) -> ResumePoint:
         """Raise ResumeError unless this job can continue ``point``; returns it with the
-        loading route decided (DeepSpeed universal or not)."""
+        loading route decided (universal or not)."""
         meta, cfg, now = point.meta, self.cfg, self.layout()
         was = meta["layout"]
         if meta["vocab_fingerprint"] != Vocabulary.default().fingerprint:
@@ -132,19 +135,13 @@ class Checkpointer:
         if was["backend"] != now["backend"]:
             raise ResumeError(f"the checkpoint was written by parallel.backend={was['backend']}; "
                               f"resume with parallel.backend={was['backend']}")
-        universal = False
-        if now["backend"] == "deepspeed":
-            for key in ("zero_stage", "precision", "tp"):
-                if was[key] != now[key]:
-                    name = {"tp": "tensor_parallel"}.get(key, key)
-                    raise ResumeError(
-                        f"DeepSpeed cannot resume a checkpoint with {name}={was[key]} at {name}={now[key]}: "
-                        f"resume with parallel.{name}={was[key]}"
-                        + ("; changing TP is supported with parallel.backend=ddp" if key == "tp" else ""))
-            universal = was["dp"] != now["dp"] and now["zero_stage"] > 0
+        try:
+            universal = engine_class(now["backend"]).resume_route(was, now)
+        except ValueError as e:
+            raise ResumeError(str(e)) from None
         if was["dp"] != now["dp"] or was["tp"] != now["tp"]:
             self.report(f"resuming step {point.step} saved at TP {was['tp']} x DP {was['dp']} on "
-                        f"TP {now['tp']} x DP {now['dp']}" + (" via DeepSpeed's universal checkpoint" if universal else ""))
+                        f"TP {now['tp']} x DP {now['dp']}" + (" via the universal checkpoint" if universal else ""))
         gb_was, gb_now = meta["global_batch_size"], cfg.global_batch_size(self.state.dp_size)
         if gb_was != gb_now:
             self.report(f"warning: global batch {gb_now} rows differs from the checkpoint's {gb_was}; "
@@ -157,14 +154,7 @@ class Checkpointer:
         """Collective: weights and optimizer state into ``engine``, RNG streams. Returns the
         checkpoint's meta and this rank's extras ({} when the layout changed)."""
         started = time.perf_counter()
-        if engine.ds_engine is not None:
-            if point.universal:
-                if self.state.is_main:
-                    sharded.convert_to_universal(point.directory)
-                dist.barrier()
-            sharded.load_deepspeed(engine, point.directory, point.universal)
-        else:
-            sharded.load_dcp(engine, self.state, point.directory)
+        engine.load(point.directory, point.universal)
         rank_extra = {}
         if point.meta["layout"] == self.layout():
             rank_extra = rng.load(point.directory, self.state.rank)
@@ -186,7 +176,8 @@ class Checkpointer:
         dist.barrier()
         staging = self.store.staging(step)
         rng.save(staging, self.state.rank, rank_extra)
-        sharded.save_engine(engine, self.state, staging)
+        engine.save(staging)
+        dist.barrier()  # every rank's part is on disk before rank 0 checksums and commits
         final = self.store.path(step)
         if self.state.is_main:
             vocab = Vocabulary.default()
@@ -211,9 +202,4 @@ def full_weights(directory) -> dict[str, torch.Tensor]:
     import json
     directory = Path(directory)
     layout = json.loads((directory / "meta.json").read_text())["layout"]
-    if layout["backend"] == "deepspeed":
-        if layout["tp"] > 1:
-            raise NotImplementedError("exporting a DeepSpeed checkpoint trained with tensor_parallel > 1 "
-                                      "is not supported yet; train with parallel.backend=ddp for TP exports")
-        return sharded.read_full_weights_deepspeed(directory)
-    return sharded.read_full_weights_dcp(directory)
+    return engine_class(layout["backend"]).read_full_weights(directory, layout)

@@ -5,7 +5,7 @@ verification with fallback, retention. Pure filesystem; rank 0 calls the writing
         meta.json                       written last: step, loader state, layout, config,
                                         vocabulary, tree, versions, and size + sha256 of
                                         every other file in the directory
-        model/ | deepspeed/ | rng/      what the engines and ranks wrote (see sharded.py)
+        model/ | deepspeed/ | rng/      what the engine (Engine.save) and ranks wrote
     RUN/checkpoints/.staging-step-N/    a save in progress, renamed when complete
     RUN/checkpoints/latest              "step-00000300", replaced atomically after the rename
 
@@ -15,42 +15,17 @@ verifies candidates newest first and falls back past any that is truncated or co
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import shutil
 from pathlib import Path
+
+from helm_scale.durable import commit_dir, sha256_file, write_atomic
 
 FORMAT = "helm-scale-checkpoint/1"
 META = "meta.json"
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class CheckpointStore:
@@ -76,18 +51,13 @@ class CheckpointStore:
 
     def commit(self, step: int, meta: dict) -> Path:
         """Rank 0, after every rank wrote its part: checksum, meta.json, rename, pointer."""
-        staging, final = self.staging(step), self.path(step)
-        files = {}
-        for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-            files[str(path.relative_to(staging))] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-        _write_atomic(staging / META, json.dumps({"format": FORMAT, **meta, "files": files}, indent=1) + "\n")
-        if final.exists():  # the same step saved again (e.g. a signal right after an interval save)
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        _fsync_dir(self.root)
-        _write_atomic(self.root / LATEST, self.dir_name(step) + "\n")
+        staging = self.staging(step)
+        files = {str(path.relative_to(staging)): {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+                 for path in sorted(p for p in staging.rglob("*") if p.is_file())}
+        write_atomic(staging / META, json.dumps({"format": FORMAT, **meta, "files": files}, indent=1) + "\n")
+        # replace: the same step saved again (e.g. a signal right after an interval save)
+        final = commit_dir(staging, self.path(step), replace=True)
+        write_atomic(self.root / LATEST, self.dir_name(step) + "\n")
         return final
 
     def steps(self) -> list[int]:

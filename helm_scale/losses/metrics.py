@@ -8,6 +8,7 @@ data-parallel ranks: ``global_token_count(loss_masks, dp_group)``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,11 @@ def metric_means(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out["tokens"] = sums["tokens"]
     out["start_stop_tokens"] = sums["start_stop_tokens"]
     return out
+
+
+def perplexity(cross_entropy: float) -> float:
+    """exp of a mean cross-entropy in nats, capped at exp(50) so a diverged model logs a number."""
+    return math.exp(min(cross_entropy, 50.0))
 
 
 def reduce_metric_sums(sums: dict[str, torch.Tensor], group=None) -> dict[str, torch.Tensor]:

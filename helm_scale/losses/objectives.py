@@ -1,14 +1,7 @@
-"""Loss configuration, objective selection by name, and the module the trainer calls.
+"""Objective selection by name and the module the trainer calls (settings: config.py).
 
-Objectives (``LossConfig.name``):
-  "xe"      plain cross-entropy (the tree only feeds the diagnostics)
-  "hxe"     HELM's hierarchical cross-entropy (alpha, normalized)
-  "soft"    cross-entropy against tree-distance soft labels (beta); see tables.soft_label_weights
-  "aa"      -log P(parent group of the target): the amino acid for a sense codon in HELM's tree
-  "hxe+aa"  hxe + aa_weight * aa
-The tree ("helm" | "flat" | "random" with tree_seed) shapes every objective; the
-random tree is the ablation control. Every objective runs through the same
-vocab-parallel Function (hxe.VocabParallelHXE), at TP = 1 too.
+Every objective of LossConfig runs through the same vocab-parallel Function
+(hxe.VocabParallelHXE), at TP = 1 too.
 
 Call contract: ``loss_fn(logits_shard, targets, loss_mask, group=None) -> LossOutput``.
 ``logits_shard`` is rank r's slice [r*V/TP, (r+1)*V/TP) of the padded vocabulary (fp32,
@@ -25,48 +18,17 @@ cross-entropy) but belong to no group.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from helm_scale.codon import TREE_BUILDERS, CodonTree, Vocabulary, build_tree
+from helm_scale.codon import CodonTree, Vocabulary, build_tree
 from helm_scale.losses import tables as T
+from helm_scale.losses.config import LossConfig
 from helm_scale.losses.hxe import (ShardTables, VocabParallelHXE, blocked_layout,
                                    grouped_range)
 from helm_scale.losses.metrics import LossOutput, metric_means
-
-OBJECTIVES = ("xe", "hxe", "soft", "aa", "hxe+aa")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    name: str = "hxe"
-    alpha: float = 0.4
-    normalized: bool = True  # lambda divided by the sum over all nodes (the reference form)
-    beta: float = 10.0  # soft labels: larger keeps more mass on the target
-    aa_weight: float = 1.0  # weight of the amino-acid term in "hxe+aa"
-    tree: str = "helm"
-    tree_seed: int = 0
-    # megatron-style: overwrite an fp32 logits buffer with the softmax and then the
-    # gradient (saves one tokens x vocab buffer); the caller must not read logits after.
-    overwrite_logits: bool = False
-
-    def __post_init__(self):
-        if self.name not in OBJECTIVES:
-            raise ValueError(f"unknown loss {self.name!r}; choose one of {OBJECTIVES}")
-        if self.tree not in TREE_BUILDERS:
-            raise ValueError(f"unknown tree {self.tree!r}; choose one of {sorted(TREE_BUILDERS)}")
-        for key in ("alpha", "beta", "aa_weight"):
-            value = getattr(self, key)
-            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
-                raise ValueError(f"LossConfig.{key} must be a finite number >= 0, got {value!r}")
-        if not isinstance(self.tree_seed, int):
-            raise ValueError(f"LossConfig.tree_seed must be an int, got {self.tree_seed!r}")
-        if self.name == "hxe+aa" and self.aa_weight == 0:
-            raise ValueError("hxe+aa with aa_weight = 0 is hxe: say name='hxe'")
 
 
 def _objective_weights(cfg: LossConfig, tree: CodonTree):
@@ -181,11 +143,10 @@ class HierarchicalLoss(nn.Module):
         tokens = mask.sum()
         loss_sum = per_token.sum()
         loss = loss_sum / tokens.clamp_min(1.0)  # all-masked batch: 0, graph kept
-        sums = self._metric_sums(per_token.detach(), log_prob_path, exact, synonym, safe,
-                                 mask, tokens, tab)
+        sums = self._metric_sums(loss_sum, log_prob_path, exact, synonym, safe, mask, tokens, tab)
         return LossOutput(loss=loss, metrics=metric_means(sums), sums=sums, loss_sum=loss_sum)
 
-    def _metric_sums(self, per_token, log_prob_path, exact, synonym, targets, mask, tokens,
+    def _metric_sums(self, loss_sum, log_prob_path, exact, synonym, targets, mask, tokens,
                      tab) -> dict[str, torch.Tensor]:
         # Every diagnostic is linear in per-token values whose weights depend only on the
         # target: add the values up per target (one index_add), then one product with
@@ -196,7 +157,7 @@ class HierarchicalLoss(nn.Module):
             0, targets, values)
         diagnostics = per_target.view(-1) @ tab["diagnostic_weights"]
         h = self.height
-        sums = {"tokens": tokens, "loss": per_token.sum(),
+        sums = {"tokens": tokens, "loss": loss_sum,
                 "codon_correct": diagnostics[h + 1],
                 "synonymous_correct": diagnostics[h + 2],
                 "start_stop_tokens": diagnostics[h + 3],

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BACKENDS = ("ddp", "deepspeed")
+from helm_scale.parallel.backends import BACKENDS
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -22,7 +23,9 @@ class ParallelConfig:
     accumulation_steps: int = 1
     precision: str = "fp32"
     seed: int = 1234
-    timeout_s: float = 600.0  # a collective waiting longer (a dead or hung peer) fails the job
+    # A collective waiting longer (a dead or hung peer) fails the job: long enough for a
+    # checkpoint save or a slow first NCCL communicator, far below torch's 30 minutes.
+    timeout_s: float = 600.0
     activation_checkpointing: bool = False  # recompute each transformer block in backward (memory for time)
     compile: bool = False  # torch.compile each transformer block (fused kernels; compiles on the first steps)
 

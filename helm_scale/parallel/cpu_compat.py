@@ -1,7 +1,7 @@
 """Run megatron-core's tensor-parallel layers on a CPU (gloo) machine.
 
 Product code because the demo trains on CPU; applied by init_parallel only when the
-device is the CPU, never at import and never on GPU. Each patch stands in for a CUDA call
+device is the CPU (rank 0 says so once in the log), never at import and never on GPU. Each patch stands in for a CUDA call
 that megatron 0.16 makes unconditionally:
   - torch.cuda.current_device -> the CPU device (buffers of sequence-parallel all-gathers
     and reduce-scatters are allocated on it);
@@ -50,11 +50,12 @@ class CpuRNGStatesTracker(mp_random.CudaRNGStatesTracker):
             torch.set_rng_state(saved)
 
 
-def apply_cpu_patches() -> None:
-    """Idempotent. Only call on a CPU-only run (init_parallel does)."""
+def apply_cpu_patches() -> bool:
+    """Idempotent. Only call on a CPU-only run (init_parallel does). True if this call
+    applied them (the first in the process)."""
     global _applied
     if _applied:
-        return
+        return False
     if torch.cuda.is_available():
         raise RuntimeError("megatron CPU patches must not be applied where CUDA is available")
     torch.cuda.current_device = lambda: torch.device("cpu")
@@ -64,7 +65,4 @@ def apply_cpu_patches() -> None:
     mp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.empty(0, dtype=torch.uint8)
     mp_random._set_cuda_rng_state = lambda *args, **kwargs: None
     _applied = True
-
-
-def cpu_patches_applied() -> bool:
-    return _applied
+    return True

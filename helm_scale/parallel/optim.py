@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 from torch import nn
 
 from helm_scale.parallel.config import OptimizerConfig
@@ -44,6 +43,7 @@ def clip_grad_norm_tp(params: list[torch.Tensor], max_norm: float, tp_group) -> 
     replicated ones (norms, row-parallel biases) on TP rank 0 only. (A tied embedding is
     one Parameter object, so it is listed once already.)
     """
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate  # on use: export reads DCP without megatron
     grads = [p.grad for p in params if p.grad is not None]
     counted = [p.grad for p in params if p.grad is not None and param_is_not_tensor_parallel_duplicate(p)]
     device = grads[0].device if grads else torch.device("cpu")

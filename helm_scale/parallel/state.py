@@ -2,7 +2,7 @@
 
 init_parallel(cfg) -> ParallelState: initialise (or reuse) the default process group,
 build megatron-core's TP x DP groups on it, apply the CPU patches if the device is the
-CPU, and seed every generator. shutdown(code) ends a rank without the gloo exit crash.
+CPU (said once, by rank 0), and seed every generator. shutdown(code) ends a rank without the gloo exit crash.
 """
 from __future__ import annotations
 
@@ -73,7 +73,9 @@ def init_parallel(cfg: ParallelConfig) -> ParallelState:
         torch.cuda.set_device(device)
     else:
         from helm_scale.parallel.cpu_compat import apply_cpu_patches
-        apply_cpu_patches()
+        if apply_cpu_patches() and dist.get_rank() == 0:
+            print("no CUDA device: megatron-core's CUDA calls (current_device, synchronize, RNG "
+                  "tracker) are patched to run on the CPU (helm_scale/parallel/cpu_compat.py)", flush=True)
     world = dist.get_world_size()
     if world % cfg.tensor_parallel:
         raise ValueError(f"tensor_parallel {cfg.tensor_parallel} does not divide world size {world}")
