@@ -48,8 +48,8 @@ STEP_BUDGET = 1 << 16    # most entries of a scan step's [rows, chunks, d, N] sl
 def chunk_length(length: int) -> int:
     """Positions per chunk. A sweep costs one step of ~6 ops per position of a chunk and the
     scan over chunks one op per chunk; past ~sqrt(s) chunks the latter dominates. Measured
-    (benchmarks/train_throughput.py --baseline-scan): 32 and 64 run alike at s = 256 and
-    1024, 16 and 128 ~10% slower."""
+    on the CPU (the scan's forward and backward at d = 256, s = 256 and 1024): 32 and 64
+    run alike, 16 and 128 ~10% slower."""
     return min(length, max(32, math.isqrt(length)))
 
 
