@@ -42,7 +42,12 @@ STATE_SIZE = 16   # N, Mamba's default d_state
 EXPAND = 2        # inner width = EXPAND * hidden_size
 CONV_TAPS = 4     # d_conv
 DT_RANGE = (1e-3, 1e-1)  # initial steps, log-uniform (Mamba's dt_min, dt_max)
-STEP_BUDGET = 1 << 16    # most entries of a scan step's [rows, chunks, d, N] slice (256 KiB in fp32)
+# Rows of the scan at once. On a CPU: at most STEP_BUDGET entries in a step's
+# [rows, chunks, d, N] slice (256 KiB in fp32: stays in a core's cache, measured fastest).
+# Elsewhere (GPU, not measured yet): at most STATE_BUDGET entries in the backward's
+# [rows, s, d, N] states (256 MB in fp32): large steps keep the device busy.
+STEP_BUDGET = 1 << 16
+STATE_BUDGET = 1 << 26
 
 
 def chunk_length(length: int) -> int:
@@ -108,9 +113,9 @@ class _SelectiveScan(torch.autograd.Function):
     the state entering every chunk (a sweep over the positions of all chunks at once, then
     a scan over chunks), and a second sweep from those states gives every h_t, contracted
     with C_t as it goes: ~2 chunk + s / chunk steps of a few ops, no [b, s, d, N] tensor.
-    Rows go in groups whose step slices [rows, chunks, d, N] hold at most STEP_BUDGET
-    entries, so that a step's tensors stay in the core's cache: whole state tensors (16x
-    the activations) streaming through memory made the scan ~5x slower.
+    On a CPU, rows go in groups whose step slices [rows, chunks, d, N] hold at most
+    STEP_BUDGET entries, so that a step's tensors stay in the core's cache: whole state
+    tensors (16x the activations) streaming through memory made the scan ~5x slower.
 
     By hand rather than through autograd, which would keep [b, s, d, N] states per layer:
     this keeps the inputs ([b, s, d], [b, s, N]) and the chunks' entering states (1 /
@@ -150,11 +155,13 @@ class _SelectiveScan(torch.autograd.Function):
 
 
 def _row_groups(x: torch.Tensor, state_size: int):
-    """Slices of batch rows whose step slices [rows, chunks, d, N] hold at most
-    STEP_BUDGET entries."""
+    """Slices of batch rows for the scan (STEP_BUDGET on a CPU, STATE_BUDGET elsewhere)."""
     b, s, d = x.shape
-    chunks = -(-s // chunk_length(s))
-    rows = max(1, STEP_BUDGET // (chunks * d * state_size))
+    if x.device.type == "cpu":
+        rows = STEP_BUDGET // (-(-s // chunk_length(s)) * d * state_size)
+    else:
+        rows = STATE_BUDGET // (s * d * state_size)
+    rows = max(1, rows)
     return [slice(i, min(i + rows, b)) for i in range(0, b, rows)]
 
 

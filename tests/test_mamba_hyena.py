@@ -170,6 +170,18 @@ def test_selective_scan_in_row_groups_is_the_same(monkeypatch):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
+def test_row_groups_fit_the_cache_on_a_cpu_and_the_memory_budget_elsewhere():
+    b, s, d, n = 64, 256, 256, 16  # the compare config's inner width, 64 rows of 256
+    cpu = mamba._row_groups(torch.empty(b, s, d), n)
+    chunks = s // mamba.chunk_length(s)
+    assert all((r.stop - r.start) * chunks * d * n <= mamba.STEP_BUDGET for r in cpu)
+    other = mamba._row_groups(torch.empty(b, s, d, device="meta"), n)
+    assert all((r.stop - r.start) * s * d * n <= mamba.STATE_BUDGET for r in other)
+    assert len(other) < len(cpu)
+    for groups in (cpu, other):  # every row once, in order
+        assert [i for r in groups for i in range(r.start, r.stop)] == list(range(b))
+
+
 def test_mamba_recurrent_decoder_matches_the_full_forward():
     model = _model(small("mamba"))
     ids = torch.randint(5, 69, (4, 21))
