@@ -47,14 +47,15 @@ def _rank(rank, world, port, config, overrides, run_dir, out):
     import torch.distributed as dist
 
     from helm_scale.checkpoint import Checkpointer
-    from helm_scale.model import HelmTransformer
+    from helm_scale.models.registry import num_parameters
+    from helm_scale.models.tp_transformer import TensorParallelTransformer
     from helm_scale.parallel import build_engine, init_parallel
     from helm_scale.train_config import load_train_config
     cfg = load_train_config(config, [*overrides, f"run.run_dir={run_dir}", "parallel.precision=fp32"])
     state = init_parallel(cfg.parallel)
 
     def engine():
-        return build_engine(HelmTransformer(cfg.model), cfg.optim, cfg.parallel, state)
+        return build_engine(TensorParallelTransformer(cfg.model), cfg.optim, cfg.parallel, state)
 
     first = engine()
     ids = torch.randint(5, 69, (1, 32), device=state.device)
@@ -76,7 +77,7 @@ def _rank(rank, world, port, config, overrides, run_dir, out):
     if rank == 0:
         size = sum(p.stat().st_size for p in point.directory.rglob("*") if p.is_file())
         torch.save({"save_s": t1 - t0, "verify_s": t2 - t1, "load_s": t4 - t3, "bytes": size,
-                    "parameters": cfg.model.num_parameters()}, out)
+                    "parameters": num_parameters(cfg.model)}, out)
     dist.barrier()
     sys.stdout.flush()
     os._exit(0)

@@ -47,7 +47,7 @@ from helm_eval_lm import (  # beside this script
 )
 from results_io import write_results
 
-from helm_scale.evaluate.report import (
+from helm_scale.evaluate.probes.report import (
     bar_chart,
     compare_annotation_markdown,
     compare_markdown,
@@ -152,7 +152,7 @@ class Pipeline:
         """The compare network with seeded random weights, never trained (N(0, 0.02) like the
         trainer's init; LayerNorms at 1 / 0), exported like the others."""
         from helm_scale.export import save_export
-        from helm_scale.plain_model import PlainTransformer
+        from helm_scale.models.transformer import Transformer
         from helm_scale.train_config import load_train_config
         out = self.work / "exports" / "random"
         if "export" in self.args.redo and out.exists():
@@ -161,7 +161,7 @@ class Pipeline:
             cfg = load_train_config("configs/compare/xe.yaml")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                model = PlainTransformer(cfg.model)
+                model = Transformer(cfg.model)
                 with torch.no_grad():
                     for name, p in model.named_parameters():
                         if "norm" not in name:

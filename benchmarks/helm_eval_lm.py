@@ -25,6 +25,7 @@ import random
 from pathlib import Path
 
 from helm_scale.evaluate.sequences import read_sequences, write_fasta
+from helm_scale.models.registry import num_parameters
 from helm_scale.train_config import load_train_config
 
 NGRAMS = {"nucleotide 5-gram": ("nucleotide", 5), "nucleotide 8-gram": ("nucleotide", 8),
@@ -117,7 +118,7 @@ def collect(out: Path, exports: dict[str, Path], runs: dict[str, Path]) -> dict:
                         "generation": {sampling: {**load(d / f"generation{suffix}.json"),
                                                   "ended_with_eos": ended(d / f"generated{suffix}.fasta")}
                                        for sampling, (suffix, _) in SAMPLINGS.items()},
-                        "parameters": load_train_config(str(export / "config.yaml")).model.num_parameters(),
+                        "parameters": num_parameters(load_train_config(str(export / "config.yaml")).model),
                         "tokens_trained": trained_tokens(runs[name]) if name in runs else 0}
     ngrams = {name: {"perplexity": load(out / "ngram" / f"{_slug(name)}.json"),
                      "mutation": load(out / "ngram" / f"{_slug(name)}.mutation.json")} for name in NGRAMS}

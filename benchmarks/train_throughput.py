@@ -1,6 +1,6 @@
 """Training throughput of helm_scale against the HELM reference stack's model.
 
-Ours: HelmTransformer (megatron-core layers) + the vocab-parallel HXE + our engine (DDP
+Ours: TensorParallelTransformer (megatron-core layers) + the vocab-parallel HXE + our engine (DDP
 backend, world of one). Peer: Hugging Face transformers' GPT2LMHeadModel (MLM: BERT) at the same
 size, batch and sequence length, with a plain PyTorch loop (AdamW, its built-in
 cross-entropy), as the HELM reference trains: eager, never compiled. Both get the same
@@ -21,14 +21,19 @@ padding="max_length"). Tokens/s then counts real tokens only, so packing is cred
 and padding is not; both stacks see the same real tokens each step.
 
 FLOPs per token (both models, same shapes): 6 x (L(4h^2 + 2hf) + V h) + 12 L h S,
-forward + backward, attention included (helm_scale.model.ModelConfig.flops_per_token),
+forward + backward, attention included (helm_scale.models.registry.flops_per_token),
 S the row length; TFLOP/s and MFU count real tokens only.
---backbones mamba hyena adds HELM's other backbones (helm_scale.mamba, helm_scale.hyena) as
+--backbones mamba hyena adds HELM's other backbones (helm_scale.models.mamba, .hyena) as
 more rows of the same run, trained like ours (same engine, HXE, batch): Hyena at the
 transformer's depth, width and MLP; Mamba at its width and MLP, with the depth that comes
 closest to its parameter count. They take one sequence per row, so with --dataset and
 --layout packed they get the padded layout of the same sequences. Their FLOPs per token
-are their own (ModelConfig.flops_per_token: matmuls plus the scan / FFT convolution).
+are their own (registry.flops_per_token: matmuls plus the scan / FFT convolution).
+--baseline-scan REV adds one more Mamba row: the same model with helm_scale/models/mamba.py's
+selective_scan as of git revision REV (loaded beside ours, swapped in for that row's
+steps), so a change to the scan is measured side by side in one run. Backbone rows also
+report a forward-only pass (hidden states under inference_mode, as the evaluation
+commands embed sequences): tokens/s.
 Peak memory (CUDA only): the most allocated while the stack was built and warmed up,
 above what was allocated before it (so the other stack's tensors do not count).
 
@@ -39,17 +44,22 @@ Usage:
   add --objective mlm for the bidirectional model with 15% masked codons (peer: HF BERT)
   add --dataset DIR [--layout padded] for real sequences as our loader makes them (see Batches)
   add --backbones mamba hyena for Mamba and Hyena rows of similar parameter count
+  add --baseline-scan REV (with mamba) for a row with Mamba's scan at git revision REV
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import itertools
 import os
 import platform
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -64,14 +74,14 @@ CORPUS_BATCHES = 4  # distinct micro-batches cycled with --dataset: lengths vary
 def _ours(cfg, batches, device, bf16, recompute, compile_blocks, pack):
     from helm_scale.codon import Vocabulary
     from helm_scale.losses import LossConfig, build_loss
-    from helm_scale.model import build_model
+    from helm_scale.models.registry import build_training_model
     from helm_scale.parallel import OptimizerConfig, ParallelConfig, build_engine, init_parallel
     from helm_scale.trainer import optimizer_step
     pcfg = ParallelConfig(backend="deepspeed" if bf16 and device.type == "cpu" else "ddp",
                           precision="bf16" if bf16 else "fp32", activation_checkpointing=recompute,
                           compile=compile_blocks)
     state = init_parallel(pcfg)
-    engine = build_engine(build_model(cfg), OptimizerConfig(lr=1e-4), pcfg, state)
+    engine = build_engine(build_training_model(cfg), OptimizerConfig(lr=1e-4), pcfg, state)
     vocab = Vocabulary.default()
     loss_fn = build_loss(LossConfig(name="hxe", overwrite_logits=True), vocab, cfg.padded_vocab_size)
     turns, objective = itertools.cycle(batches), "clm" if cfg.attention == "causal" else "mlm"
@@ -93,9 +103,70 @@ def _size_matched(cfg, arch: str):
     other = dataclasses.replace(cfg, arch=arch, position="learned" if arch == "mamba" else "none")
     if arch == "hyena":
         return other
-    target = cfg.num_parameters()
+    from helm_scale.models.registry import num_parameters
+    target = num_parameters(cfg)
     return min((dataclasses.replace(other, num_layers=n) for n in range(1, 4 * cfg.num_layers + 1)),
-               key=lambda c: abs(c.num_parameters() - target))
+               key=lambda c: abs(num_parameters(c) - target))
+
+
+# Where mamba.py lived at a revision, newest first, and the modules it imported there that
+# have since moved: the old source runs against today's modules under their old names.
+_MAMBA_PATHS = ("helm_scale/models/mamba.py", "helm_scale/mamba.py")
+_MOVED_MODULES = {"helm_scale.mixer_lm": ("helm_scale.models.mixer_lm",),
+                  "helm_scale.model_config": ("helm_scale.models.config", "helm_scale.models.layers")}
+
+
+def _scan_at(rev: str):
+    """selective_scan from Mamba's module as of git revision ``rev``, loaded as a module
+    of its own beside ours."""
+    for path in _MAMBA_PATHS:
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"--baseline-scan: no Mamba module at {rev} ({', '.join(_MAMBA_PATHS)})")
+    aliases = {}
+    for old, news in _MOVED_MODULES.items():
+        if old not in sys.modules:
+            alias = aliases[old] = types.ModuleType(old)
+            for name in news:
+                alias.__dict__.update(vars(importlib.import_module(name)))
+    module = types.ModuleType(f"helm_scale_mamba_at_{rev}")
+    sys.modules.update(aliases)
+    sys.modules[module.__name__] = module  # its dataclasses look their module up
+    try:
+        exec(compile(shown.stdout, f"{rev}:{path}", "exec"), module.__dict__)
+    finally:
+        for old in aliases:
+            del sys.modules[old]
+    return module.selective_scan
+
+
+def _with_scan(build, scan):
+    """``build``'s runner whose steps run with Mamba's selective_scan = ``scan``."""
+    from helm_scale.models import mamba
+
+    def built():
+        step, model, loss_alone = build()
+
+        def swapped():
+            with mock.patch.object(mamba, "selective_scan", scan):
+                step()
+        return swapped, model, loss_alone
+    return built
+
+
+def _forward_only(model, batches, scan=None):
+    """One forward of a backbone's hidden states under inference_mode, as the evaluation
+    commands embed sequences (with ``scan`` as Mamba's selective_scan when given)."""
+    from helm_scale.models import mamba
+    turns = itertools.cycle(batches)
+
+    def step():
+        with torch.inference_mode(), mock.patch.object(mamba, "selective_scan",
+                                                       scan or mamba.selective_scan):
+            model.hidden_states(next(turns)["input_ids"])
+    return step
 
 
 def _peer(cfg, batches, device, bf16, recompute):
@@ -258,13 +329,16 @@ def main() -> int:
                     help="also record each stack's most expensive ops over 3 steps (torch.profiler)")
     ap.add_argument("--backbones", nargs="*", choices=("mamba", "hyena"), default=[],
                     help="also time HELM's Mamba / Hyena of similar parameter count (our engine and HXE)")
+    ap.add_argument("--baseline-scan", metavar="REV",
+                    help="with --backbones mamba: also time Mamba with the selective scan of git revision REV")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=os.environ.get("MASTER_PORT", "29533"))
     import warnings
     warnings.filterwarnings("ignore")
-    from helm_scale.model import ModelConfig
+    from helm_scale.models.config import ModelConfig
+    from helm_scale.models.registry import flops_per_token, num_parameters
     from helm_scale.observe import device_peak_tflops
     from helm_scale.train_config import load_train_config
     cfg = (load_train_config(args.config).model if args.config else
@@ -294,15 +368,26 @@ def main() -> int:
         batches_of[name] = unpacked
         builders[name] = (lambda c: lambda: _ours(c, unpacked, device, args.bf16, recompute, args.compile,
                                                   False))(configs[name])
+    old_scan = None
+    if args.baseline_scan:
+        if "mamba" not in args.backbones:
+            ap.error("--baseline-scan needs --backbones mamba")
+        old_scan, name = _scan_at(args.baseline_scan), f"helm_mamba@{args.baseline_scan}"
+        configs[name], batches_of[name] = configs["helm_mamba"], unpacked
+        builders[name] = _with_scan(builders["helm_mamba"], old_scan)
     runners, peak_gib = {}, {}
     for name, build in builders.items():
         runners[name], peak_gib[name] = _build_and_warm(build, warmup, device)
     timed = {**{name: runner[0] for name, runner in runners.items()}, "hxe_loss": runners["helm_scale"][2]}
+    forward_only = [name for name in runners if configs[name].arch in ("mamba", "hyena")]
+    for name in forward_only:
+        timed[f"{name} forward"] = _forward_only(runners[name][1], batches_of[name],
+                                                 old_scan if "@" in name else None)
     best = {name: float("inf") for name in timed}
     for _ in range(args.repeat):  # alternate, so machine load hits all alike
         for name, step in timed.items():
             best[name] = min(best[name], _time(step, warmup, steps, device))
-    flops, peak = cfg.flops_per_token(seq), device_peak_tflops(None)
+    flops, peak = flops_per_token(cfg, seq), device_peak_tflops(None)
     # Real tokens per step: the same for ours and the peer (and the backbones but when
     # they get the unpacked rows of a packed run).
     stack_tokens = {name: sum(map(_real_tokens, bs)) / len(bs) for name, bs in batches_of.items()}
@@ -311,16 +396,17 @@ def main() -> int:
                for name, bs in batches_of.items()}
     rows = {}
     print(f"{args.objective}, model {cfg.num_layers}x{cfg.hidden_size}x{cfg.ffn_hidden_size}, "
-          f"{cfg.num_parameters():,} params, "
+          f"{num_parameters(cfg):,} params, "
           f"batch {args.batch} x {seq}, {'bf16' if args.bf16 else 'fp32'}, {device}, "
           + (f"{args.dataset}: ours {args.layout}, peer padded to {args.peer_padding}" if args.dataset
              else "random codons, full rows")
           + (", activation checkpointing" if recompute else "") + (", ours compiled" if args.compile else ""))
-    print(f"{'stack':<12} {'step ms':>9} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>7} {'padding':>8} "
+    width = max(map(len, runners))
+    print(f"{'stack':<{width}} {'step ms':>9} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>7} {'padding':>8} "
           f"{'peak GiB':>9} {'params':>12}")
     for name in runners:
         seconds, model = best[name], runners[name][1]
-        stack_flops, n = configs[name].flops_per_token(seq), stack_tokens[name]
+        stack_flops, n = flops_per_token(configs[name], seq), stack_tokens[name]
         rows[name] = {"step_s": seconds, "tokens_per_s": n / seconds, "real_tokens_per_step": n,
                       "tflops": n / seconds * stack_flops / 1e12,
                       "mfu": (n / seconds * stack_flops / 1e12 / peak) if peak else None,
@@ -328,10 +414,12 @@ def main() -> int:
                                f"x{configs[name].ffn_hidden_size}",
                       "padding": padding[name], "peak_gib": peak_gib[name],
                       "parameters": sum(p.numel() for p in model.parameters())}
+        if name in forward_only:
+            rows[name]["forward_only_tokens_per_s"] = n / best[f"{name} forward"]
         r = rows[name]
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
         mem = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
-        print(f"{name:<12} {seconds * 1e3:>9.1f} {r['tokens_per_s']:>12,.0f} {r['tflops']:>9.3f} "
+        print(f"{name:<{width}} {seconds * 1e3:>9.1f} {r['tokens_per_s']:>12,.0f} {r['tflops']:>9.3f} "
               f"{mfu:>7} {r['padding']:>8.1%} {mem:>9} {r['parameters']:>12,}")
     hxe_share = best["hxe_loss"] / best["helm_scale"]
     print(f"HXE loss alone (fwd+bwd): {best['hxe_loss'] * 1e3:.2f} ms = {hxe_share:.1%} of our step")
@@ -342,10 +430,16 @@ def main() -> int:
             print(f"  {op['self_ms_per_step']:9.2f}  x{op['calls_per_step']:<6g} {op['op'][:90]}")
     ratio = rows["helm_scale"]["tokens_per_s"] / rows[peer_name]["tokens_per_s"]
     print(f"helm_scale / {peer_name} tokens/s: {ratio:.2f}x")
-    for arch in args.backbones:
-        r = rows[f"helm_{arch}"]
-        print(f"helm_{arch} ({r['model']}) / helm_scale transformer tokens/s: "
-              f"{r['tokens_per_s'] / rows['helm_scale']['tokens_per_s']:.2f}x")
+    for name in forward_only:
+        r = rows[name]
+        print(f"{name} ({r['model']}) / helm_scale transformer tokens/s: "
+              f"{r['tokens_per_s'] / rows['helm_scale']['tokens_per_s']:.2f}x; forward only "
+              f"{r['forward_only_tokens_per_s']:,.0f} tokens/s")
+    if args.baseline_scan:
+        new, old = rows["helm_mamba"], rows[f"helm_mamba@{args.baseline_scan}"]
+        print(f"helm_mamba, this scan / the scan at {args.baseline_scan}: training "
+              f"{new['tokens_per_s'] / old['tokens_per_s']:.2f}x, forward only "
+              f"{new['forward_only_tokens_per_s'] / old['forward_only_tokens_per_s']:.2f}x")
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"train_throughput_{device.type}.json")
     write_results(out, {
         "benchmark": "train_throughput", "device": torch.cuda.get_device_name() if device.type == "cuda"
@@ -358,6 +452,7 @@ def main() -> int:
         "hxe_loss_s": best["hxe_loss"], "hxe_share_of_step": hxe_share,
         "flops_per_token": flops, "results": rows, "ratio_tokens_per_s": ratio, "profile": profiles,
         "backbones": {arch: configs[f"helm_{arch}"].__dict__ for arch in args.backbones},
+        "baseline_scan": args.baseline_scan,
         "command": " ".join(sys.argv)})
     return 0
 

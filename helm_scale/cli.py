@@ -17,7 +17,7 @@ COMMANDS = {
     "verify": "data_prep.verify",
     "train": "helm_scale.trainer",
     "export": "helm_scale.export",
-    "generate": "helm_scale.evaluate.generate_cmd",
+    "generate": "helm_scale.evaluate.generation.generate_cmd",
     "eval": "helm_scale.evaluate.eval_cmd",
     "launch": "launcher.launch",
 }

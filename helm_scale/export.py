@@ -4,7 +4,8 @@
 DP or TP layout) into a directory that loads with no process group, megatron-core or
 DeepSpeed, and nothing unpickled:
 
-    model.safetensors   full fp32 weights, named as helm_scale.plain_model.PlainTransformer
+    model.safetensors   full fp32 weights, named as the single-device network of
+                        helm_scale.models.registry.build_model (the TP model's gathered names)
     config.yaml         the resolved training configuration
     vocab.json          the codon vocabulary (token order is the embedding row order)
     tree.json           the codon tree the loss used
@@ -34,7 +35,7 @@ EXPORT_FILES = ("model.safetensors", "config.yaml", "vocab.json", "tree.json")
 
 @dataclass
 class Exported:
-    model: torch.nn.Module  # PlainTransformer (LstmLM, MambaLM, HyenaLM for those model.arch), eval mode
+    model: torch.nn.Module  # models.registry.build_model(config.model), eval mode
     config: object          # TrainConfig
     vocab: Vocabulary
     tree: CodonTree
@@ -66,10 +67,10 @@ def save_export(out_dir, state_dict: dict[str, torch.Tensor], train_config, step
 
 
 def load_exported(path, device="cpu") -> Exported:
-    """Verify an export's checksums and build its PlainTransformer on ``device``."""
+    """Verify an export's checksums and build its single-device network on ``device``."""
     from safetensors.torch import load_file
 
-    from helm_scale.plain_model import build_plain_model
+    from helm_scale.models.registry import build_model
     from helm_scale.train_config import load_train_config
     root = Path(path)
     meta_path = root / "export.json"
@@ -87,7 +88,7 @@ def load_exported(path, device="cpu") -> Exported:
         raise ValueError(f"{root}: the export's vocabulary differs from this helm_scale's")
     tree = CodonTree.from_dict(json.loads((root / "tree.json").read_text()))
     config = load_train_config(str(root / "config.yaml"))
-    model = build_plain_model(config.model)
+    model = build_model(config.model)
     model.load_state_dict(load_file(root / "model.safetensors"), strict=True)
     return Exported(model.to(device).eval(), config, vocab, tree, int(meta["step"]))
 
@@ -112,8 +113,8 @@ def export_run(run_dir, step: int | None = None, out=None) -> Path:
     meta = store.read_meta(step)
     config = from_dict(TrainConfig, meta["config"])
     weights = full_weights(store.path(step))
-    from helm_scale.plain_model import build_plain_model
-    expected = build_plain_model(config.model).state_dict()
+    from helm_scale.models.registry import build_model
+    expected = build_model(config.model).state_dict()
     if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
         raise ValueError(f"checkpoint {store.path(step)} does not hold the weights of its own model config")
     return save_export(out or run / "export" / store.dir_name(step), weights, config, step,

@@ -1,7 +1,7 @@
 """What a run reports: TensorBoard scalars and one concise console line per interval (rank 0).
 
 Throughput: tokens are real (non-padding) input tokens summed over data-parallel ranks.
-Achieved FLOP/s = tokens/s x ModelConfig.flops_per_token(seq_len) (forward + backward:
+Achieved FLOP/s = tokens/s x models.registry.flops_per_token(config, seq_len) (forward + backward:
 6 x matmul weights + 12 x layers x hidden x seq_len for attention); MFU divides it by
 the devices' peak (RunConfig.peak_tflops_per_device, or the dense bf16 peak of known GPUs).
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 from helm_scale.codon import Vocabulary
 from helm_scale.config_io import ConfigError, load_config
 from helm_scale.losses import LossConfig
-from helm_scale.model_config import PLAIN_ONLY, ModelConfig
+from helm_scale.models.config import PLAIN_ONLY, ModelConfig
 from helm_scale.parallel import OptimizerConfig, ParallelConfig
 from helm_scale.shard_format import MANIFEST, read_manifest
 

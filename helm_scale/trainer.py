@@ -7,9 +7,12 @@ Run one process per device, e.g. on one machine with two processes:
 Settings come from the YAML file and dotted overrides (``section.key=value``); the whole
 job is validated before any process group starts, and the resolved configuration is
 written to the run directory. The trainer composes the pieces and owns nothing of them:
-the model (helm_scale.model) is plain, parallelism is applied from outside
-(helm_scale.parallel), batches come from helm_scale.data and the loss from
-helm_scale.losses, fed the model's vocab-parallel logits directly.
+the model comes from helm_scale.models.registry (the transformer's tensor parallelism is
+in the network's layers: models.tp_transformer builds transformer.Transformer from
+megatron-core's tensor-parallel layers); data parallelism, ZeRO, activation recompute and
+compile are applied from outside the model (helm_scale.parallel); batches come from
+helm_scale.data and the loss from helm_scale.losses, fed the model's vocab-parallel logits
+directly.
 """
 from __future__ import annotations
 
@@ -104,7 +107,7 @@ class Trainer:
         from helm_scale.codon import Vocabulary
         from helm_scale.data import LoaderConfig, build_loader
         from helm_scale.losses import LossConfig, build_loss
-        from helm_scale.model import build_model
+        from helm_scale.models.registry import build_training_model, flops_per_token
         from helm_scale.observe import RunLogger, device_peak_tflops
         from helm_scale.parallel import build_engine, init_parallel
 
@@ -115,14 +118,14 @@ class Trainer:
         if self.state.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = RunLogger(str(self.run_dir), self.state.is_main, cfg.run.tensorboard,
-                             cfg.model.flops_per_token(cfg.data.seq_len), self.state.world_size,
+                             flops_per_token(cfg.model, cfg.data.seq_len), self.state.world_size,
                              device_peak_tflops(cfg.run.peak_tflops_per_device))
         # Decided before the engine exists: a checkpoint this job cannot resume fails first.
         self.checkpointer = Checkpointer(cfg, self.state, self.log.line)
         point = self.checkpointer.find()
         if point is not None:
             point = self.checkpointer.check_resumable(point)
-        model = build_model(cfg.model, sequence_parallel=cfg.parallel.sequence_parallel)
+        model = build_training_model(cfg.model, sequence_parallel=cfg.parallel.sequence_parallel)
         self.engine = build_engine(model, cfg.optim, cfg.parallel, self.state)
         self.loss_fn = build_loss(cfg.loss, self.vocab, cfg.model.padded_vocab_size)
         # True codon cross-entropy for perplexity, whatever the training objective.
@@ -251,6 +254,7 @@ class Trainer:
         """Train to schedule.max_steps from wherever the checkpoint left off. Returns the
         summary; ``summary["signal"]`` is set if a signal stopped the run after saving."""
         from helm_scale.checkpoint import SaveOnSignal
+        from helm_scale.models.registry import num_parameters
         cfg, started = self.cfg, time.perf_counter()
         max_steps = cfg.schedule.max_steps
         dp, gb = self.state.dp_size, cfg.global_batch_size(self.state.dp_size)
@@ -259,7 +263,7 @@ class Trainer:
                           f"of schedule.max_steps {max_steps}; raise max_steps to train further")
             self.log.close()
             return {"steps": self.step, "already_finished": True}
-        self.log.line(f"training {cfg.model.num_parameters():,} parameters | world {self.state.world_size} = "
+        self.log.line(f"training {num_parameters(cfg.model):,} parameters | world {self.state.world_size} = "
                       f"TP {self.state.tp_size} x DP {dp} | {cfg.parallel.backend} zero {cfg.parallel.zero_stage} | "
                       f"global batch {gb} rows | {self.loader.steps_per_epoch:,} micro-steps per epoch"
                       + (f" | resuming at step {self.step}" if self.step else ""))

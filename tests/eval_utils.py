@@ -7,8 +7,8 @@ import torch
 from data_prep.prep import PrepConfig, SplitPolicy, run_prep
 from data_prep.synth import generate, write_fasta
 from helm_scale.export import load_exported, save_export
-from helm_scale.model_config import ModelConfig
-from helm_scale.plain_model import build_plain_model
+from helm_scale.models.config import ModelConfig
+from helm_scale.models.registry import build_model
 from helm_scale.train_config import DataConfig, TrainConfig
 
 TINY_MODEL = {"num_layers": 1, "hidden_size": 32, "ffn_hidden_size": 64, "num_heads": 2, "max_seq_len": 64}
@@ -19,7 +19,7 @@ def tiny_export(out: Path, objective: str = "clm", seed: int = 0, std: float = 0
     attention = "causal" if objective == "clm" else "bidirectional"
     cfg = ModelConfig(**{**TINY_MODEL, "attention": attention, **model})
     torch.manual_seed(seed)
-    net = build_plain_model(cfg)
+    net = build_model(cfg)
     with torch.no_grad():
         for name, p in net.named_parameters():
             if p.ndim > 1:

@@ -12,8 +12,8 @@ from helm_scale.parallel.ddp_engine import _MetadataUnpickler
 from helm_scale.parallel.deepspeed_engine import weights_only_torch_load
 from helm_scale.checkpoint.store import LATEST, CheckpointStore
 from helm_scale.export import load_exported, save_export
-from helm_scale.model_config import ModelConfig
-from helm_scale.plain_model import PlainTransformer
+from helm_scale.models.config import ModelConfig
+from helm_scale.models.transformer import Transformer
 from helm_scale.train_config import TrainConfig
 
 
@@ -92,7 +92,7 @@ def _tiny_export(tmp_path, **model):
     cfg = TrainConfig(model=ModelConfig(num_layers=1, hidden_size=32, ffn_hidden_size=64, num_heads=2,
                                         max_seq_len=16, **model))
     torch.manual_seed(0)
-    model = PlainTransformer(cfg.model)
+    model = Transformer(cfg.model)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.5)
     return model, save_export(tmp_path / "export", model.state_dict(), cfg, step=7)

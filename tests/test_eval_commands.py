@@ -1,6 +1,6 @@
 """helm-scale eval downstream / annotate end to end on a tiny exported model (random
-weights, made here with PlainTransformer + save_export), synthetic CSVs, and the real
-sets when ../shared/data is present."""
+weights, made here with models.transformer.Transformer + save_export), synthetic CSVs, and the real
+sets when ../shared/data is present; the option convention of every evaluation command."""
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +11,7 @@ import torch
 
 from helm_scale.cli import main
 from helm_scale.codon import CODONS
-from helm_scale.evaluate.annotation import codon_labels
+from helm_scale.evaluate.probes.annotation import codon_labels
 from tests.eval_utils import one_torch_thread  # noqa: F401 (autouse fixture)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -22,13 +22,13 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     from helm_scale.export import save_export
-    from helm_scale.model_config import ModelConfig
-    from helm_scale.plain_model import PlainTransformer
+    from helm_scale.models.config import ModelConfig
+    from helm_scale.models.transformer import Transformer
     from helm_scale.train_config import TrainConfig
     cfg = ModelConfig(num_layers=1, hidden_size=64, ffn_hidden_size=128, num_heads=2, max_seq_len=64)
     torch.manual_seed(0)
-    model = PlainTransformer(cfg)
-    with torch.no_grad():  # PlainTransformer leaves positions at zero: give them a scale
+    model = Transformer(cfg)
+    with torch.no_grad():  # Transformer leaves positions at zero: give them a scale
         model.position_embeddings.normal_(0.0, 0.02)
     return save_export(tmp_path_factory.mktemp("export") / "tiny", model.state_dict(),
                        replace(TrainConfig(), model=cfg), step=7)
@@ -115,3 +115,32 @@ def test_real_sets_run(tiny_export, tmp_path):
     report = json.loads((tmp_path / "a" / "annotation.json").read_text())
     assert report["classes"] == ["FR1", "CDR1", "FR2", "CDR2", "FR3", "CDR3", "FR4"]
     assert report["truncated"] == 100  # ~125 codons per chain > 64 tokens of the tiny model
+
+
+def _evaluation_commands() -> dict:
+    """name -> parser of every evaluation command (helm-scale eval WHAT and generate)."""
+    import argparse
+
+    from helm_scale.cli import build_parser
+
+    def subparsers(parser):
+        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    top = subparsers(build_parser(["eval", "generate"]))
+    return {"generate": top["generate"], **{f"eval {k}": v for k, v in subparsers(top["eval"]).items()}}
+
+
+def test_evaluation_commands_share_one_option_convention():
+    commands = _evaluation_commands()
+    assert set(commands) == {"generate", "eval intrinsic", "eval generation", "eval ngram", "eval mutation",
+                             "eval downstream", "eval annotate"}
+    helps = {}
+    for name, parser in commands.items():
+        for action in parser._actions:
+            assert action.help, f"{name}: {action.dest} has no help text"
+            for flag in action.option_strings:
+                helps.setdefault(flag, {})[name] = (action.help, action.default, action.choices)
+    for flag in ("--threads", "--quiet"):  # every command, the same meaning
+        assert set(helps[flag]) == set(commands) and len(set(helps[flag].values())) == 1, flag
+    assert set(commands) - set(helps["--device"]) == {"eval ngram"}  # no model to place
+    assert len(set(helps["--device"].values())) == 1
+    assert {choices for _, _, choices in helps["--split"].values()} == {("train", "val", "test")}

@@ -86,7 +86,7 @@ def test_generate_then_generation_metrics(clm, dataset, tmp_path, capsys):
 
 
 def test_embeddings_are_mean_pooled_hidden_states(clm):
-    from helm_scale.evaluate.scoring import embed, encode
+    from helm_scale.evaluate.lm.scoring import embed, encode
     exported = load_exported(clm)
     seqs = ["ATGAAATAA", "ATGCCCGGGTTTTAA"]
     pooled = embed(exported, seqs)

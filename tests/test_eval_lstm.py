@@ -8,8 +8,9 @@ import torch
 
 from helm_scale.cli import main
 from helm_scale.evaluate import evaluate_intrinsic, generate, sequence_nll
-from helm_scale.lstm import LstmLM
-from helm_scale.model_config import ModelConfig
+from helm_scale.models.config import ModelConfig
+from helm_scale.models.lstm import LstmLM
+from helm_scale.models.registry import num_parameters
 from helm_scale.train_config import load_train_config
 from tests.dist_utils import run_ranks
 from tests.eval_utils import load_exported, tiny_dataset, tiny_export
@@ -24,7 +25,7 @@ def test_lstm_shapes_parameter_count_and_causality():
     torch.manual_seed(0)
     cfg = ModelConfig(**SMALL)
     model = LstmLM(cfg).eval()
-    assert sum(p.numel() for p in model.parameters()) == cfg.num_parameters()
+    assert sum(p.numel() for p in model.parameters()) == num_parameters(cfg)
     ids = torch.randint(5, 69, (3, 20))
     logits = model(ids)
     assert logits.shape == (3, 20, cfg.padded_vocab_size)
@@ -39,7 +40,7 @@ def test_lstm_shapes_parameter_count_and_causality():
 def test_shipped_lstm_config_is_the_second_seeds_4_x_512():
     cfg = load_train_config(LSTM)
     assert (cfg.model.arch, cfg.model.num_layers, cfg.model.hidden_size) == ("lstm", 4, 512)
-    assert abs(cfg.model.num_parameters() - 8.45e6) < 0.05e6
+    assert abs(num_parameters(cfg.model) - 8.45e6) < 0.05e6
     assert cfg.parallel.tensor_parallel == 1 and not cfg.data.pack
 
 

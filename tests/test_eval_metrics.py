@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helm_scale.codon import CODONS
-from helm_scale.evaluate.metrics import (
+from helm_scale.evaluate.generation.metrics import (
     codon_usage,
     diversity,
     frechet_distance,

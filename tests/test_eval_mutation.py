@@ -7,14 +7,9 @@ import pytest
 
 from data_prep.synth import generate, write_fasta
 from helm_scale.cli import main
-from helm_scale.evaluate.metrics import levenshtein
-from helm_scale.evaluate.mutation import (
-    KINDS,
-    mutate,
-    mutation_detection,
-    ngram_score_fn,
-)
-from helm_scale.evaluate.ngram import NgramLM
+from helm_scale.evaluate.baselines.ngram import NgramLM
+from helm_scale.evaluate.generation.metrics import levenshtein
+from helm_scale.evaluate.lm.mutation import KINDS, mutate, mutation_detection, ngram_score_fn
 from helm_scale.evaluate.sequences import EvalInputError
 
 

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from helm_scale.evaluate.ngram import NgramLM
+from helm_scale.evaluate.baselines.ngram import NgramLM
 from helm_scale.evaluate.sequences import EvalInputError
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from helm_scale.evaluate.probes import (
+from helm_scale.evaluate.probes.heads import (
     FitSpec,
     TextCNN,
     fit_ridge,
@@ -15,7 +15,7 @@ from helm_scale.evaluate.probes import (
     train_textcnn,
     train_token_head,
 )
-from helm_scale.evaluate.scores import spearman
+from helm_scale.evaluate.probes.scores import spearman
 from tests.eval_utils import one_torch_thread  # noqa: F401 (autouse fixture)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helm_scale.codon import Vocabulary
-from helm_scale.evaluate.sampling import (
+from helm_scale.evaluate.generation.sampling import (
     allowed_tokens,
     filter_logits,
     generate,
@@ -127,7 +127,7 @@ def test_generation_is_seeded_and_checks_its_arguments(tmp_path):
 @pytest.mark.parametrize("model", [{}, {"position": "rotary"}, {"tie_embeddings": False, "num_layers": 2},
                                    {"arch": "lstm", "num_layers": 2}])
 def test_cached_decoding_matches_the_full_forward_at_every_step(tmp_path, model):
-    from helm_scale.evaluate.decoding import FullForwardDecoder, decoder_for
+    from helm_scale.evaluate.generation.decoding import FullForwardDecoder, decoder_for
     exported = load_exported(tiny_export(tmp_path / "ex", std=0.3, **model))
     net = exported.model
     decoder = decoder_for(net)

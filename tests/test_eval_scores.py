@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from helm_scale.evaluate.scores import (
+from helm_scale.evaluate.probes.scores import (
     accuracy,
     average_ranks,
     macro_f1,

@@ -5,13 +5,9 @@ import numpy as np
 import pytest
 
 from helm_scale.codon import Vocabulary
-from helm_scale.evaluate.backbone import codon_ids, tokenise
-from helm_scale.evaluate.property_tasks import (
-    InputError,
-    find_task_files,
-    read_task,
-    seeded_split,
-)
+from helm_scale.evaluate.probes.backbone import codon_ids, tokenise
+from helm_scale.evaluate.probes.tasks import find_task_files, read_task, seeded_split
+from helm_scale.evaluate.sequences import EvalInputError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 V = Vocabulary.default()
@@ -74,7 +70,7 @@ def test_override_columns_and_missing_val_is_carved_from_train(tmp_path):
     ("Sequence,Value,Split", ["ACGTTT,1,train"] * 12, {}, "no test rows"),
 ])
 def test_bad_input_is_named(tmp_path, header, rows, kwargs, message):
-    with pytest.raises(InputError) as e:
+    with pytest.raises(EvalInputError) as e:
         read_task(_csv(tmp_path / "bad.csv", header, rows), **kwargs)
     assert message in str(e.value)
 
@@ -102,7 +98,7 @@ def test_find_task_files_walks_directories(tmp_path):
     b = _csv(tmp_path / "d" / "b.csv", "Sequence,Value", [])
     assert find_task_files([str(tmp_path / "d"), str(b)]) == [b, a]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no .csv"):
+    with pytest.raises(EvalInputError, match="no .csv"):
         find_task_files([str(tmp_path / "empty")])
 
 

@@ -1,4 +1,4 @@
-"""HELM's attention-free backbones (helm_scale.mamba, helm_scale.hyena): the parallel scan
+"""HELM's attention-free backbones (helm_scale.models.mamba, .hyena): the parallel scan
 and the FFT convolution against direct float64 references, causality and bidirectionality,
 right padding, the recurrent decoder, configuration checks, and export / evaluation."""
 import math
@@ -8,12 +8,13 @@ import torch
 
 from helm_scale.cli import main
 from helm_scale.evaluate import generate, sequence_nll
-from helm_scale.evaluate.decoding import decoder_for
-from helm_scale.evaluate.scoring import embed
-from helm_scale.hyena import HyenaLM, long_conv
-from helm_scale.mamba import MambaLM, linear_scan, selective_scan
-from helm_scale.model_config import ModelConfig
-from helm_scale.plain_model import build_plain_model
+from helm_scale.evaluate.generation.decoding import decoder_for
+from helm_scale.evaluate.lm.scoring import embed
+from helm_scale.models import mamba
+from helm_scale.models.config import ModelConfig
+from helm_scale.models.hyena import HyenaLM, long_conv
+from helm_scale.models.mamba import MambaLM, selective_scan
+from helm_scale.models.registry import build_model, num_parameters
 from tests.eval_utils import load_exported, one_torch_thread, tiny_export  # noqa: F401 (autouse fixture)
 
 SMALL = {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "ffn_hidden_size": 48, "max_seq_len": 64}
@@ -26,25 +27,33 @@ def small(arch: str, attention: str = "causal", **extra) -> ModelConfig:
 
 def _model(cfg: ModelConfig, seed: int = 0):
     torch.manual_seed(seed)
-    return build_plain_model(cfg).double().eval()
+    return build_model(cfg).double().eval()
 
 
 # ------------------------------------------------------------------- the two primitives
 @pytest.mark.parametrize("length", [1, 2, 7, 64, 333, 444])
 def test_parallel_scan_equals_the_sequential_recurrence_in_float64(length):
-    gen = torch.Generator().manual_seed(length)
-    a = torch.rand(3, length, 5, 4, generator=gen, dtype=torch.float64)
-    b = torch.randn(3, length, 5, 4, generator=gen, dtype=torch.float64)
-    h, expected = torch.zeros(3, 5, 4, dtype=torch.float64), []
-    for t in range(length):
-        h = a[:, t] * h + b[:, t]
-        expected.append(h)
-    assert torch.allclose(linear_scan(a, b), torch.stack(expected, 1), rtol=0, atol=1e-10)
-    h, expected = torch.zeros(3, 5, 4, dtype=torch.float64), []
-    for t in reversed(range(length)):
-        h = a[:, t] * h + b[:, t]
-        expected.insert(0, h)
-    assert torch.allclose(linear_scan(a, b, reverse=True), torch.stack(expected, 1), rtol=0, atol=1e-10)
+    """chunk_starts (a sweep inside every chunk, then a scan over chunks) gives the states
+    entering each chunk, in both directions, and selective_scan every output and the last
+    state, as the recurrence run one position at a time: lengths within one chunk, on
+    chunk boundaries and with a padded last chunk."""
+    x, dt, A, B, C = _ssm_inputs(length, length)
+    chunk = mamba.chunk_length(length)
+    delta, u, Bs = (mamba._by_step(t, chunk) for t in (dt, dt * x, B))
+    for reverse in (False, True):
+        h, entering = torch.zeros(2, *A.shape, dtype=torch.float64), {}
+        for t in reversed(range(length)) if reverse else range(length):
+            if t % chunk == (chunk - 1 if reverse else 0):
+                entering[t // chunk] = h
+            h = torch.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[..., None] * B[:, t, None, :]
+        if reverse and length % chunk:  # the padded last chunk: its real positions are entered at 0 too
+            entering[length // chunk] = torch.zeros_like(h)
+        starts = mamba.chunk_starts(delta, u, Bs, A, reverse)
+        assert torch.allclose(starts, torch.stack([entering[c] for c in range(starts.shape[1])], 1),
+                              rtol=0, atol=1e-10)
+    y, last = selective_scan(x, dt, A, B, C)
+    want_y, want_last = _naive_selective_scan(x, dt, A, B, C)
+    assert torch.allclose(y, want_y, rtol=0, atol=1e-10) and torch.allclose(last, want_last, rtol=0, atol=1e-10)
 
 
 def _naive_selective_scan(x, dt, A, B, C):
@@ -150,16 +159,27 @@ def test_packed_rows_are_refused(arch):
 
 
 def test_selective_scan_in_row_groups_is_the_same(monkeypatch):
-    import helm_scale.mamba as mamba
-    inputs = [t.requires_grad_() for t in _ssm_inputs(20, 3)]
+    inputs = [t.requires_grad_() for t in _ssm_inputs(50, 3)]  # 2 chunks of 32
     whole = selective_scan(*inputs)
     whole_grads = torch.autograd.grad(whole[0].square().sum(), inputs)
-    monkeypatch.setattr(mamba, "STATE_BUDGET", 20 * 5 * 3)  # one row per group
+    monkeypatch.setattr(mamba, "STEP_BUDGET", 2 * 5 * 3)  # one row per group
     assert len(mamba._row_groups(inputs[0], 3)) == 2
     grouped = selective_scan(*inputs)
     grouped_grads = torch.autograd.grad(grouped[0].square().sum(), inputs)
     for got, want in zip((*grouped, *grouped_grads), (*whole, *whole_grads)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_row_groups_fit_the_cache_on_a_cpu_and_the_memory_budget_elsewhere():
+    b, s, d, n = 64, 256, 256, 16  # the compare config's inner width, 64 rows of 256
+    cpu = mamba._row_groups(torch.empty(b, s, d), n)
+    chunks = s // mamba.chunk_length(s)
+    assert all((r.stop - r.start) * chunks * d * n <= mamba.STEP_BUDGET for r in cpu)
+    other = mamba._row_groups(torch.empty(b, s, d, device="meta"), n)
+    assert all((r.stop - r.start) * s * d * n <= mamba.STATE_BUDGET for r in other)
+    assert len(other) < len(cpu)
+    for groups in (cpu, other):  # every row once, in order
+        assert [i for r in groups for i in range(r.start, r.stop)] == list(range(b))
 
 
 def test_mamba_recurrent_decoder_matches_the_full_forward():
@@ -174,7 +194,7 @@ def test_mamba_recurrent_decoder_matches_the_full_forward():
         logits, state = model.decode(ids[keep, t:t + 1], state)
         assert torch.allclose(logits, full[keep, t], rtol=0, atol=1e-10), t
     decoder = decoder_for(model)
-    assert type(decoder).__name__ == "RecurrentDecoder"
+    assert type(decoder).__name__ == "IncrementalDecoder"
     assert torch.allclose(decoder.start(ids[:, :5]), full[:, 4], rtol=0, atol=1e-10)
     assert torch.allclose(decoder.step(ids[keep, 5], keep), full[keep, 5], rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="causal"):
@@ -184,7 +204,7 @@ def test_mamba_recurrent_decoder_matches_the_full_forward():
 def test_mamba_decays_neither_a_nor_d():
     from helm_scale.parallel import OptimizerConfig
     from helm_scale.parallel.optim import build_param_groups
-    model = build_plain_model(small("mamba"))
+    model = build_model(small("mamba"))
     decay, no_decay = (set(map(id, g["params"])) for g in build_param_groups(model, OptimizerConfig()))
     for name, p in model.named_parameters():
         assert (id(p) in no_decay) == (name.endswith(("A_log", ".D")) or p.ndim == 1 or "embeddings" in name), name
@@ -194,15 +214,15 @@ def test_mamba_decays_neither_a_nor_d():
 def test_parameter_counts_are_the_models():
     for arch, attention in [("mamba", "causal"), ("mamba", "bidirectional"), ("hyena", "causal")]:
         cfg = small(arch, attention, tie_embeddings=False)
-        model = build_plain_model(cfg)
-        assert sum(p.numel() for p in model.parameters()) == cfg.num_parameters()
-        assert cfg.num_parameters(include_embeddings=False) == cfg.num_parameters() - cfg.padded_vocab_size * 32 \
+        model = build_model(cfg)
+        assert sum(p.numel() for p in model.parameters()) == num_parameters(cfg)
+        assert num_parameters(cfg, include_embeddings=False) == num_parameters(cfg) - cfg.padded_vocab_size * 32 \
             - (64 * 32 if arch == "mamba" else 0)
     # One block counted by hand: h 32, inner 64, dt rank 2, state 16, 4 taps, MLP 48.
     h, d, r, n, f = 32, 64, 2, 16, 48
     mamba_block = 4 * h + h * 2 * d + d * 4 + d + d * (r + 2 * n) + r * d + d + d * n + d + d * h + h * 2 * f + f * h
     cfg = small("mamba", num_layers=1)
-    assert cfg.num_parameters() == mamba_block + 2 * h + cfg.padded_vocab_size * h + 64 * h
+    assert num_parameters(cfg) == mamba_block + 2 * h + cfg.padded_vocab_size * h + 64 * h
 
 
 @pytest.mark.parametrize("overrides", [{"position": "rotary"}])

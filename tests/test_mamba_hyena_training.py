@@ -79,11 +79,11 @@ def test_compiled_blocks_match_eager(arch):
     import torch
     import torch._dynamo
 
-    from helm_scale.model_config import ModelConfig
+    from helm_scale.models.config import ModelConfig
     from helm_scale.parallel.compiling import apply_compile
-    from helm_scale.plain_model import build_plain_model
+    from helm_scale.models.registry import build_model
     torch.manual_seed(0)
-    eager = build_plain_model(ModelConfig(arch=arch, position="learned" if arch == "mamba" else "none",
+    eager = build_model(ModelConfig(arch=arch, position="learned" if arch == "mamba" else "none",
                                           num_layers=2, hidden_size=32, ffn_hidden_size=64, num_heads=2,
                                           max_seq_len=64))
     compiled = copy.deepcopy(eager)

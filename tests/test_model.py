@@ -16,7 +16,10 @@ import torch
 import torch.distributed as dist
 
 from helm_scale.codon import Vocabulary
-from helm_scale.model import HelmTransformer, ModelConfig, build_attention_mask, pad_vocab
+from helm_scale.models.config import ModelConfig, pad_vocab
+from helm_scale.models.layers import build_attention_mask
+from helm_scale.models.registry import flops_per_token, num_parameters
+from helm_scale.models.tp_transformer import TensorParallelTransformer
 from helm_scale.parallel import OptimizerConfig, ParallelConfig, build_param_groups, init_parallel
 
 VOCAB = Vocabulary.default()
@@ -47,7 +50,7 @@ VARIANTS = [(a, p) for a in ("causal", "bidirectional") for p in ("learned", "ro
 @pytest.mark.parametrize("attention,position", VARIANTS)
 @torch.no_grad()
 def test_segments_never_see_each_other(attention, position):
-    model = HelmTransformer(small(attention=attention, position=position)).eval()
+    model = TensorParallelTransformer(small(attention=attention, position=position)).eval()
     ids = codons(2, 20)
     segments = torch.tensor([[1] * 8 + [2] * 9 + [0] * 3, [5] * 20])
     positions = torch.cat([torch.arange(8), torch.arange(9), torch.arange(3)]).expand(2, 20)
@@ -65,7 +68,7 @@ def test_segments_never_see_each_other(attention, position):
 @torch.no_grad()
 def test_packed_segment_equals_the_sequence_alone(position):
     """Reset positions and the segment mask make a packed sequence a sequence of its own."""
-    model = HelmTransformer(small(position=position)).eval()
+    model = TensorParallelTransformer(small(position=position)).eval()
     first, second = codons(1, 7, seed=2), codons(1, 11, seed=3)
     packed = torch.cat([first, second], dim=1)
     positions = torch.cat([torch.arange(7), torch.arange(11)])[None]
@@ -81,17 +84,17 @@ def test_causal_masking_hides_the_future_and_bidirectional_does_not(position):
     ids = codons(2, 16)
     perturbed = ids.clone()
     perturbed[:, 10] = (ids[:, 10] - CODON_IDS[0] + 1) % 64 + CODON_IDS[0]
-    causal = HelmTransformer(small(position=position)).eval()
+    causal = TensorParallelTransformer(small(position=position)).eval()
     base, out = causal(ids), causal(perturbed)
     torch.testing.assert_close(out[:, :10], base[:, :10], **EXACT)
     assert (out[:, 10:] - base[:, 10:]).abs().amax(dim=-1).min() > 1e-4  # every later position moves
-    bidirectional = HelmTransformer(small(position=position, attention="bidirectional")).eval()
+    bidirectional = TensorParallelTransformer(small(position=position, attention="bidirectional")).eval()
     assert (bidirectional(perturbed)[:, :10] - bidirectional(ids)[:, :10]).abs().max() > 1e-3
 
 
 @torch.no_grad()
 def test_padding_mask_hides_padded_keys():
-    model = HelmTransformer(small(attention="bidirectional")).eval()
+    model = TensorParallelTransformer(small(attention="bidirectional")).eval()
     ids = codons(2, 12)
     padding = torch.zeros(2, 12, dtype=torch.bool)
     padding[0, 9:] = True
@@ -112,7 +115,7 @@ def test_mask_builder_shapes_and_flash_path():
 
 
 def test_output_is_this_ranks_vocab_slice_and_backward_reaches_every_parameter():
-    model = HelmTransformer(small(position="rotary", tie_embeddings=False))
+    model = TensorParallelTransformer(small(position="rotary", tie_embeddings=False))
     logits = model(codons(3, 10))
     assert logits.shape == (3, 10, pad_vocab(len(VOCAB)))
     logits.square().mean().backward()
@@ -120,7 +123,7 @@ def test_output_is_this_ranks_vocab_slice_and_backward_reaches_every_parameter()
 
 
 def test_bf16_parameters_give_bf16_logits():
-    model = HelmTransformer(small(params_dtype="bf16"))
+    model = TensorParallelTransformer(small(params_dtype="bf16"))
     logits = model(codons(2, 8))
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
 
@@ -128,23 +131,23 @@ def test_bf16_parameters_give_bf16_logits():
 def test_same_seed_same_weights():
     from helm_scale.parallel import set_seed
     set_seed(3)
-    a = HelmTransformer(small()).state_dict()
+    a = TensorParallelTransformer(small()).state_dict()
     set_seed(3)
-    b = HelmTransformer(small()).state_dict()
+    b = TensorParallelTransformer(small()).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if "extra_state" not in k)
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(tie_embeddings=False), dict(position="rotary")])
 def test_parameter_count_is_exact(overrides):
     cfg = small(**overrides)
-    assert cfg.num_parameters() == sum(p.numel() for p in HelmTransformer(cfg).parameters())
+    assert num_parameters(cfg) == sum(p.numel() for p in TensorParallelTransformer(cfg).parameters())
 
 
 def test_helm_50m_size_and_flops_formula():
     cfg = ModelConfig(vocab_size=70)  # the paper's 10 x 640 x 2560, 444 tokens
-    assert 49e6 < cfg.num_parameters() < 51e6
+    assert 49e6 < num_parameters(cfg) < 51e6
     h, f, L, V = 640, 2560, 10, cfg.padded_vocab_size
-    assert cfg.flops_per_token(444) == 6 * (L * (4 * h * h + 2 * h * f) + V * h) + 12 * L * h * 444
+    assert flops_per_token(cfg, 444) == 6 * (L * (4 * h * h + 2 * h * f) + V * h) + 12 * L * h * 444
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -188,7 +191,7 @@ def test_parallel_config_errors_are_clear(kwargs, message):
 
 @pytest.mark.parametrize("decay_embeddings", [False, True])
 def test_param_groups_exempt_norms_biases_and_embeddings(decay_embeddings):
-    model = HelmTransformer(small(tie_embeddings=False))
+    model = TensorParallelTransformer(small(tie_embeddings=False))
     decay, no_decay = build_param_groups(model, OptimizerConfig(weight_decay=0.1,
                                                                 decay_embeddings=decay_embeddings))
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -208,10 +211,11 @@ def test_model_needs_parallel_state_and_imports_patch_nothing():
     """Importing the model and parallel packages must leave torch.cuda alone (GPU safety),
     and the model refuses to build before megatron's state exists."""
     code = ("import torch; orig = torch.cuda.current_device\n"
-            "import helm_scale.model, helm_scale.parallel, helm_scale.parallel.deepspeed_engine\n"
+            "import helm_scale.models.tp_transformer as tp, helm_scale.parallel, helm_scale.parallel.deepspeed_engine\n"
             "from megatron.core.tensor_parallel import random as r\n"
             "assert torch.cuda.current_device is orig and r._CUDA_RNG_STATE_TRACKER is None\n"
-            "try:\n    helm_scale.model.HelmTransformer(helm_scale.model.ModelConfig())\n"
+            "from helm_scale.models.config import ModelConfig\n"
+            "try:\n    tp.TensorParallelTransformer(ModelConfig())\n"
             "except RuntimeError as e:\n    assert 'init_parallel' in str(e); print('ok')\n")
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -226,7 +230,7 @@ def test_dropout_is_seeded_through_megatrons_rng_streams():
 
     def run(seed):
         set_seed(seed)
-        model = HelmTransformer(small(dropout=0.3)).train()
+        model = TensorParallelTransformer(small(dropout=0.3)).train()
         return model(ids), model.eval()(ids)
 
     (train_a, eval_a), (train_b, _), (train_c, eval_c) = run(11), run(11), run(12)

@@ -21,7 +21,8 @@ import torch.distributed as dist
 
 from helm_scale.codon import Vocabulary
 from helm_scale.losses import LossConfig, build_loss, global_token_count
-from helm_scale.model import HelmTransformer, ModelConfig, pad_vocab
+from helm_scale.models.config import ModelConfig, pad_vocab
+from helm_scale.models.tp_transformer import TensorParallelTransformer
 from helm_scale.parallel import OptimizerConfig, ParallelConfig, build_engine, init_parallel
 from tests.dist_utils import run_ranks
 
@@ -63,7 +64,7 @@ def train(model_cfg: ModelConfig, pcfg: ParallelConfig, *, packed=False, padded=
           rows_of_rank=None, steps=len(LR)) -> dict:
     """Train ``steps`` optimizer steps; ``rows_of_rank(dp_rank, dp_size)`` picks this rank's rows."""
     state = init_parallel(pcfg)
-    model = HelmTransformer(model_cfg, sequence_parallel=pcfg.sequence_parallel)
+    model = TensorParallelTransformer(model_cfg, sequence_parallel=pcfg.sequence_parallel)
     engine = build_engine(model, OPTIM, pcfg, state)
     loss_fn = build_loss(LossConfig(name="hxe"), VOCAB, model_cfg.padded_vocab_size)
     rows = rows_of_rank(state.dp_rank, state.dp_size) if rows_of_rank else slice(None)
@@ -219,7 +220,7 @@ def test_zero_offload_equals_zero():
 def _saved_activation_numel(cfg: ModelConfig, pcfg: ParallelConfig) -> int:
     """Elements autograd keeps for backward in one forward of the model (parameters too)."""
     state = init_parallel(pcfg)
-    engine = build_engine(HelmTransformer(cfg, sequence_parallel=pcfg.sequence_parallel), OPTIM, pcfg, state)
+    engine = build_engine(TensorParallelTransformer(cfg, sequence_parallel=pcfg.sequence_parallel), OPTIM, pcfg, state)
     batch = make_batch(0, 0, packed=True, padded=False)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
@@ -251,7 +252,7 @@ def test_activation_checkpointing_trains_identically_and_saves_less():
 
 
 def test_activation_checkpointing_needs_transformer_blocks():
-    from helm_scale.lstm import LstmLM
+    from helm_scale.models.lstm import LstmLM
     from helm_scale.parallel.recompute import apply_activation_checkpointing
     with pytest.raises(ValueError, match="LstmLM has none"):
         apply_activation_checkpointing(LstmLM(ModelConfig(arch="lstm", num_layers=1, hidden_size=8, num_heads=2,
@@ -290,7 +291,7 @@ def test_compiled_blocks_train_like_eager():
 
 
 def test_compile_refuses_zero3_and_models_without_blocks():
-    from helm_scale.lstm import LstmLM
+    from helm_scale.models.lstm import LstmLM
     from helm_scale.parallel.compiling import apply_compile
     with pytest.raises(ValueError, match="compile with zero_stage 3"):
         ParallelConfig(backend="deepspeed", zero_stage=3, compile=True)

@@ -143,12 +143,12 @@ def _distributed_logits(rank, world_size, run_dir, ids):
     import torch.distributed as dist
 
     from helm_scale.checkpoint import Checkpointer
-    from helm_scale.model import HelmTransformer
+    from helm_scale.models.tp_transformer import TensorParallelTransformer
     from helm_scale.parallel import build_engine, init_parallel
     from helm_scale.train_config import load_train_config
     cfg = load_train_config(str(Path(run_dir) / "config.yaml"))
     state = init_parallel(cfg.parallel)
-    engine = build_engine(HelmTransformer(cfg.model), cfg.optim, cfg.parallel, state)
+    engine = build_engine(TensorParallelTransformer(cfg.model), cfg.optim, cfg.parallel, state)
     checkpointer = Checkpointer(cfg, state, report=lambda text: None)
     checkpointer.load(checkpointer.check_resumable(checkpointer.find()), engine)
     engine.eval()

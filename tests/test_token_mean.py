@@ -4,7 +4,7 @@ One global batch of 8 rows goes through the trainer's first optimizer step laid 
 1 process x 8 rows, 1 x (4 rows x 2 accumulation steps), 2 DP x 4, 2 DP x (2 x 2) and
 TP 2 x DP 1, on DDP and DeepSpeed ZeRO; the gradient that step applies must equal (1e-6
 relative, fp32) the gradient of the token mean over the 8 rows written by hand in plain
-PyTorch (helm_scale.plain_model, F.cross_entropy), whatever the layout, and the trainer's
+PyTorch (helm_scale.models.transformer, F.cross_entropy), whatever the layout, and the trainer's
 logged loss must be that token mean. The batches make
 micro-batches hold very different numbers of target tokens: CLM rows of 1-32 tokens
 (padding), MLM (15% masked, one row far more), and packed rows (some full, some nearly
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from helm_scale.codon import Vocabulary
-from helm_scale.model import pad_vocab
+from helm_scale.models.config import pad_vocab
 from tests.dist_utils import run_ranks
 from tests.train_fixtures import synthetic_dataset  # noqa: F401 (fixture)
 
@@ -125,10 +125,10 @@ def _one_step_gradients(rank, world, dataset, run_root):
 
 def _reference_gradient(kind: str, run: dict) -> dict:
     """d/dw of sum(CE over the 8 rows' target tokens) / (their count), plain PyTorch."""
-    from helm_scale.plain_model import build_plain_model
+    from helm_scale.models.registry import build_model
     from helm_scale.trainer import model_inputs
     objective, pack, _ = KINDS[kind]
-    model = build_plain_model(run["model"])
+    model = build_model(run["model"])
     model.load_state_dict(run["init"])
     batch = global_batch(kind)
     logits = model(**model_inputs(batch, pack, objective))
@@ -179,7 +179,8 @@ def _reads_per_micro_batch(rank, world):
     from torch.overrides import TorchFunctionMode
 
     from helm_scale.losses import LossConfig, build_loss
-    from helm_scale.model import HelmTransformer, ModelConfig
+    from helm_scale.models.config import ModelConfig
+    from helm_scale.models.tp_transformer import TensorParallelTransformer
     from helm_scale.parallel import OptimizerConfig, ParallelConfig, build_engine, init_parallel
     from helm_scale.trainer import optimizer_step
     reads = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
@@ -199,7 +200,7 @@ def _reads_per_micro_batch(rank, world):
         pcfg = ParallelConfig(accumulation_steps=4, **settings)
         state = init_parallel(pcfg)
         model_cfg = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_heads=4, max_seq_len=SEQ)
-        engine = build_engine(HelmTransformer(model_cfg), OptimizerConfig(), pcfg, state)
+        engine = build_engine(TensorParallelTransformer(model_cfg), OptimizerConfig(), pcfg, state)
         loss_fn = build_loss(LossConfig(), VOCAB, model_cfg.padded_vocab_size)
         optimizer_step(engine, loss_fn, batches, state, True, "clm", VOCAB.pad_id)
         step, in_update = engine.step, []

@@ -1,13 +1,14 @@
 """Nucleotide sequences in and out of evaluation: FASTA files, prepared shards, codons.
 
     read_sequences(path, split="test", limit=None) -> list[str]   FASTA(.gz/.zst) or a shard dir
+    read_acgt(path, split="test") -> (sequences of A/C/G/T only, how many others were dropped)
     read_fasta(path) -> list[tuple[str, str]]                     (id, normalised sequence)
     write_fasta(path, records)                                    records: [(id, seq)] or [seq]
     codons_of(seq) -> list[str]       in-frame codons from the first base, trailing bases dropped
     is_acgt(seq) -> bool
 
 Sequences are normalised as ``prep`` does it (upper case, U -> T, gaps and whitespace
-removed). Nothing here filters by content: callers decide what to do with N and friends.
+removed). Only read_acgt filters by content; other callers decide what to do with N and friends.
 """
 from __future__ import annotations
 
@@ -76,6 +77,14 @@ def read_sequences(path: str | Path, split: str = "test", limit: int | None = No
     if not seqs:
         raise EvalInputError(f"{path}: no sequences")
     return seqs[:limit] if limit is not None else seqs
+
+
+def read_acgt(path: str | Path, split: str = "test") -> tuple[list[str], int]:
+    """read_sequences without the sequences that have bases other than A, C, G, T, and how
+    many those were."""
+    seqs = read_sequences(path, split)
+    kept = [s for s in seqs if is_acgt(s)]
+    return kept, len(seqs) - len(kept)
 
 
 def write_fasta(path: str | Path, records, width: int = 0) -> None:

@@ -1,10 +1,10 @@
 """Mamba-1 language model over codons (``model.arch: mamba``), in plain PyTorch so that it
 trains on a CPU: HELM's second backbone (configs/mamba_clm.yaml, configs/mamba_mlm.yaml).
 
-  MambaLM(config)                 helm_scale.mixer_lm.MixerLM: forward -> logits, hidden_states
+  MambaLM(config)                 models.mixer_lm.MixerLM: forward -> logits, hidden_states
       .decode(input_ids, state=None) -> (logits at the last position [b, V], MambaState)
   selective_scan(x, dt, A, B, C)  the SSM over all positions at once -> (y, last state)
-  linear_scan(a, b)               h_t = a_t * h_{t-1} + b_t along dim 1 (h_{-1} = 0), chunked
+  chunk_starts(delta, u, B, A)    the states entering each chunk of the chunked scan
 
 Block (pre-norm, as HELM's with d_intermediate > 0): x += Mixer(LN(x)); x += GatedMLP(LN(x))
 with the MLP ffn_hidden_size wide. The mixer is Mamba-1's selective SSM: in-projection to
@@ -17,12 +17,12 @@ sequence and one over its reverse, their outputs fused by a linear layer (2h -> 
 reverse runs within each row's length, so right padding stays behind the real tokens in
 both directions and never reaches them.
 
-The recurrence is evaluated for all positions at once by linear_scan, a chunked scan
-(about 2 sqrt(s) tensor ops, no loop over positions), inside selective_scan, an autograd
-function written by hand: its backward recomputes the states and runs the same scan in
-reverse, so a layer keeps [b, s, 2h] tensors for the backward, not [b, s, 2h, STATE_SIZE]
-ones. The mamba-ssm CUDA kernels fuse the same computation; they are not used (no CPU
-path, no wheels).
+The recurrence is evaluated for all positions at once by selective_scan, a chunked scan
+(tensor ops over slices that hold one position of every chunk, no loop over positions) in
+an autograd function written by hand: its backward recomputes the states and runs the same
+scan in reverse, so a layer keeps [b, s, 2h] tensors for the backward, not
+[b, s, 2h, STATE_SIZE] ones. The mamba-ssm CUDA kernels fuse the same computation; they
+are not used (no CPU path, no wheels).
 decode() runs the recurrence one token at a time with a constant-size state per layer
 (conv window and SSM state): generation costs one position per token, not the prefix.
 """
@@ -35,112 +35,173 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helm_scale.mixer_lm import MixerLM, residual_scale_, wide
-from helm_scale.model_config import DTYPES, ModelConfig
+from helm_scale.models.config import ModelConfig
+from helm_scale.models.layers import DTYPES
+from helm_scale.models.mixer_lm import MixerLM, residual_scale_, wide
 
 STATE_SIZE = 16   # N, Mamba's default d_state
 EXPAND = 2        # inner width = EXPAND * hidden_size
 CONV_TAPS = 4     # d_conv
 DT_RANGE = (1e-3, 1e-1)  # initial steps, log-uniform (Mamba's dt_min, dt_max)
-STATE_BUDGET = 1 << 26   # most entries of a [rows, s, d, N] state tensor at once (256 MB in fp32)
+# Rows of the scan at once. On a CPU: at most STEP_BUDGET entries in a step's
+# [rows, chunks, d, N] slice (256 KiB in fp32: stays in a core's cache, measured fastest).
+# Elsewhere (GPU, not measured yet): at most STATE_BUDGET entries in the backward's
+# [rows, s, d, N] states (256 MB in fp32): large steps keep the device busy.
+STEP_BUDGET = 1 << 16
+STATE_BUDGET = 1 << 26
 
 
-def linear_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """All states of h_t = a_t * h_{t-1} + b_t (elementwise, along dim 1, h_{-1} = 0);
-    reverse: h_t = a_t * h_{t+1} + b_t from the end (h_s = 0), without flipped copies.
+def chunk_length(length: int) -> int:
+    """Positions per chunk. A sweep costs one step of ~6 ops per position of a chunk and the
+    scan over chunks one op per chunk; past ~sqrt(s) chunks the latter dominates. Measured
+    on the CPU (the scan's forward and backward at d = 256, s = 256 and 1024): 32 and 64
+    run alike, 16 and 128 ~10% slower."""
+    return min(length, max(32, math.isqrt(length)))
 
-    Chunked: the sequence is cut into ~sqrt(s) chunks of ~sqrt(s) steps; one pass runs the
-    recurrence inside every chunk at once (from a zero state, keeping the running product
-    of a), a second carries each chunk's last state into the next (state += product x
-    carry). About 2 sqrt(s) tensor ops over [b, s / chunk, ...] slices instead of s over
-    [b, ...] ones, O(s) work, and only products of decays in [0, 1]: no log-space overflow."""
-    length = a.shape[1]
-    chunk = max(1, math.isqrt(length))
-    chunks = -(-length // chunk)
-    pad = chunks * chunk - length
-    if pad:  # identity steps (a = 1, b = 0) fill the last chunk (the first, in reverse)
-        ones, zeros = a.new_ones(a.shape[0], pad, *a.shape[2:]), b.new_zeros(b.shape[0], pad, *b.shape[2:])
-        a = torch.cat([ones, a] if reverse else [a, ones], dim=1)
-        b = torch.cat([zeros, b] if reverse else [b, zeros], dim=1)
-    a = a.reshape(a.shape[0], chunks, chunk, *a.shape[2:])
-    h = b.reshape(a.shape).clone()
-    decay = a.clone()  # running product of a inside each chunk
-    steps, edge = (range(chunk - 2, -1, -1), 0) if reverse else (range(1, chunk), -1)
-    for t in steps:
-        before = t + 1 if reverse else t - 1
-        h[:, :, t].addcmul_(a[:, :, t], h[:, :, before])
-        decay[:, :, t].mul_(decay[:, :, before])
-    for c in (range(chunks - 2, -1, -1) if reverse else range(1, chunks)):
+
+def _by_step(t: torch.Tensor, chunk: int) -> torch.Tensor:
+    """[b, s, k] -> [chunk, b, chunks, k], zero-padded to whole chunks: entry i holds
+    position i of every chunk, contiguous. Zero padding is an identity step for both
+    recurrences (decay exp(0 A) = 1, input 0), so it changes no state."""
+    b, s, k = t.shape
+    chunks = -(-s // chunk)
+    t = F.pad(t, (0, 0, 0, chunks * chunk - s))
+    return t.view(b, chunks, chunk, k).permute(2, 0, 1, 3).contiguous()
+
+
+def _from_steps(t: torch.Tensor, length: int) -> torch.Tensor:
+    """The inverse of _by_step: [chunk, b, chunks, k] -> [b, length, k]."""
+    chunk, b, chunks, k = t.shape
+    return t.permute(1, 2, 0, 3).reshape(b, chunks * chunk, k)[:, :length]
+
+
+def _sweep(h, delta, u, B, A, reverse: bool, visit=None):
+    """h <- exp(delta_t A) h + u_t B_t^T for each step t of a chunk, in every chunk at
+    once (h [b, chunks, d, N], in place; delta, u [chunk, b, chunks, d], B [.., N]);
+    ``visit(t, h)`` sees the state after step t. Every step works in place: a fresh tensor
+    of this size per op would cost a page-faulting allocation each."""
+    a = torch.empty_like(h)
+    for t in range(len(delta) - 1, -1, -1) if reverse else range(len(delta)):
+        torch.mul(delta[t].unsqueeze(-1), A, out=a).exp_()
+        h.mul_(a).addcmul_(u[t].unsqueeze(-1), B[t].unsqueeze(-2))
+        if visit is not None:
+            visit(t, h)
+    return h
+
+
+def chunk_starts(delta, u, B, A, reverse: bool = False) -> torch.Tensor:
+    """The state entering each chunk [b, chunks, d, N] of h_t = exp(delta_t A) h_{t-1} +
+    u_t B_t^T from h = 0 before the first position (reverse: h_t from h_{t+1}, 0 after
+    the last), in _by_step's layout: one sweep from zero gives each chunk's own final
+    state, then a scan over the chunks carries them along (decay of a whole chunk:
+    exp(A * its summed delta))."""
+    chunk, b, chunks, d = delta.shape
+    if chunks == 1:
+        return delta.new_zeros(b, 1, d, A.shape[1])
+    own = _sweep(delta.new_zeros(b, chunks, d, A.shape[1]), delta, u, B, A, reverse)
+    decay = torch.exp(delta.sum(0).unsqueeze(-1) * A)
+    starts = torch.zeros_like(own)
+    for c in range(chunks - 2, -1, -1) if reverse else range(1, chunks):
         before = c + 1 if reverse else c - 1
-        h[:, c].addcmul_(decay[:, c], h[:, before, edge].unsqueeze(1))
-    h = h.flatten(1, 2)
-    return h[:, pad:] if reverse else h[:, :length]
-
-
-def _ssm_states(x, dt, A, B):
-    """Decays a = exp(dt A) and all states h [b, s, d, N] of the selective recurrence."""
-    a = torch.exp(dt[..., None] * A)
-    return a, linear_scan(a, (dt * x)[..., None] * B[:, :, None, :])
-
-
-def _row_groups(x: torch.Tensor, state_size: int):
-    """Slices of batch rows whose states [rows, s, d, N] hold at most STATE_BUDGET entries:
-    the memory of a layer's scan is then bounded whatever the batch (HELM's 128 x 444 rows
-    at width 512 would otherwise need ~2 GB per state tensor, several at once)."""
-    b, s, d = x.shape
-    rows = max(1, STATE_BUDGET // (s * d * state_size))
-    return [slice(i, min(i + rows, b)) for i in range(0, b, rows)]
+        starts[:, c] = torch.addcmul(own[:, before], decay[:, before], starts[:, before])
+    return starts
 
 
 class _SelectiveScan(torch.autograd.Function):
     """y_t = C_t . h_t with h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t, and the last state.
 
-    By hand rather than through autograd: autograd would keep several [b, s, d, N]
-    tensors per layer for the backward; this keeps only the inputs ([b, s, d] and
-    [b, s, N]) and recomputes the states in backward (as mamba-ssm's kernel does), a group
-    of rows at a time. The adjoint is the same recurrence run backwards:
-    g_t = dL/dh_t + a_{t+1} g_{t+1}."""
+    Chunked: the s positions are cut into chunks of chunk_length(s); chunk_starts finds
+    the state entering every chunk (a sweep over the positions of all chunks at once, then
+    a scan over chunks), and a second sweep from those states gives every h_t, contracted
+    with C_t as it goes: ~2 chunk + s / chunk steps of a few ops, no [b, s, d, N] tensor.
+    On a CPU, rows go in groups whose step slices [rows, chunks, d, N] hold at most
+    STEP_BUDGET entries, so that a step's tensors stay in the core's cache: whole state
+    tensors (16x the activations) streaming through memory made the scan ~5x slower.
+
+    By hand rather than through autograd, which would keep [b, s, d, N] states per layer:
+    this keeps the inputs ([b, s, d], [b, s, N]) and the chunks' entering states (1 /
+    chunk of all), and recomputes the states in backward (as mamba-ssm's kernel does). The
+    adjoint is the same recurrence run backwards: g_t = dL/dh_t + a_{t+1} g_{t+1}."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C):
         y, last = x.new_empty(x.shape), x.new_empty(x.shape[0], *A.shape)
+        chunk, groups = chunk_length(x.shape[1]), _row_groups(x, A.shape[1])
+        starts = []
         with torch.autocast(x.device.type, enabled=False):
-            for r in _row_groups(x, A.shape[1]):
-                _, h = _ssm_states(x[r], dt[r], A, B[r])
-                y[r] = torch.einsum("bsdn,bsn->bsd", h, C[r])
-                last[r] = h[:, -1]
-        ctx.save_for_backward(x, dt, A, B, C)
+            for r in groups:
+                delta, u, Bs, Cs = (_by_step(t, chunk) for t in (dt[r], dt[r] * x[r], B[r], C[r]))
+                out = torch.empty_like(u)
+
+                def contract(t, h):
+                    out[t] = (h @ Cs[t].unsqueeze(-1)).squeeze(-1)
+                starts.append(chunk_starts(delta, u, Bs, A))
+                h = _sweep(starts[-1].clone(), delta, u, Bs, A, False, contract)
+                y[r], last[r] = _from_steps(out, x.shape[1]), h[:, -1]
+        ctx.save_for_backward(x, dt, A, B, C, *starts)
         ctx.mark_non_differentiable(last)
         return y, last
 
     @staticmethod
     def backward(ctx, grad_y, _grad_last):
-        x, dt, A, B, C = ctx.saved_tensors
+        x, dt, A, B, C, *starts = ctx.saved_tensors
         grad_x, grad_dt, grad_B, grad_C = (torch.empty_like(t) for t in (x, dt, B, C))
         grad_A = torch.zeros_like(A)
         with torch.autocast(x.device.type, enabled=False):
-            for r in _row_groups(x, A.shape[1]):
-                gx, gdt, gA, gB, gC = _scan_backward(x[r], dt[r], A, B[r], C[r], grad_y[r])
+            for r, h0 in zip(_row_groups(x, A.shape[1]), starts):
+                gx, gdt, gA, gB, gC = _scan_backward(x[r], dt[r], A, B[r], C[r], grad_y[r], h0)
                 grad_x[r], grad_dt[r], grad_B[r], grad_C[r] = gx, gdt, gB, gC
                 grad_A += gA
         return grad_x, grad_dt, grad_A, grad_B, grad_C
 
 
-def _scan_backward(x, dt, A, B, C, grad_y):
-    """Gradients for x, dt, A, B, C from one group of rows (A's: this group's share)."""
-    a, h = _ssm_states(x, dt, A, B)
-    grad_C = torch.einsum("bsd,bsdn->bsn", grad_y, h)
-    a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
-    g = linear_scan(a_next, grad_y[..., None] * C[:, :, None, :], reverse=True)
-    del a_next
-    grad_dtA = g * a  # through a = exp(dt A): times h_{t-1}, which is 0 at t = 0
-    grad_dtA[:, 1:] *= h[:, :-1]
-    grad_dtA[:, 0] = 0
-    grad_u = torch.einsum("bsdn,bsn->bsd", g, B)  # u = dt x
-    grad_B = torch.einsum("bsdn,bsd->bsn", g, dt * x)
-    grad_dt = torch.einsum("bsdn,dn->bsd", grad_dtA, A) + grad_u * x
-    grad_A = torch.einsum("bsdn,bsd->dn", grad_dtA, dt)
-    return grad_u * dt, grad_dt, grad_A, grad_B, grad_C
+def _row_groups(x: torch.Tensor, state_size: int):
+    """Slices of batch rows for the scan (STEP_BUDGET on a CPU, STATE_BUDGET elsewhere)."""
+    b, s, d = x.shape
+    if x.device.type == "cpu":
+        rows = STEP_BUDGET // (-(-s // chunk_length(s)) * d * state_size)
+    else:
+        rows = STATE_BUDGET // (s * d * state_size)
+    rows = max(1, rows)
+    return [slice(i, min(i + rows, b)) for i in range(0, b, rows)]
+
+
+def _scan_backward(x, dt, A, B, C, grad_y, h0):
+    """Gradients for x, dt, A, B, C from one group of rows (A's: this group's share),
+    given the states entering its chunks h0.
+
+    The states h_t run forwards and the adjoint g_t backwards, and each gradient needs
+    both at the same step: a forward sweep from h0 stores every h_t (the one
+    [rows, s, d, N] tensor of the scan), then a backward sweep of g reads them."""
+    s, chunk = x.shape[1], chunk_length(x.shape[1])
+    u = dt * x
+    delta, us, Bs, Cs, e = (_by_step(t, chunk) for t in (dt, u, B, C, grad_y))
+    # g_t = exp(dt_{t+1} A) g_{t+1} + e_t C_t^T: the same recurrence, reversed, on dt shifted by one
+    after = _by_step(F.pad(dt[:, 1:], (0, 0, 0, 1)), chunk)
+    g = chunk_starts(after, e, Cs, A, reverse=True)
+    states, a, q = h0.new_empty(chunk, *h0.shape), torch.empty_like(h0), torch.empty_like(h0)
+    grad_Cs = torch.empty_like(Cs)
+    for t in range(chunk):  # not _sweep: this one writes each state to its own slot
+        torch.mul(delta[t].unsqueeze(-1), A, out=a).exp_()
+        torch.mul(states[t - 1] if t else h0, a, out=states[t]).addcmul_(us[t].unsqueeze(-1), Bs[t].unsqueeze(-2))
+        grad_Cs[t] = (e[t].unsqueeze(-2) @ states[t]).squeeze(-2)  # sum over d of e_t h_t
+
+    grad_u, grad_dtA, grad_Bs = torch.empty_like(us), torch.empty_like(us), torch.empty_like(Bs)
+    grad_A = torch.zeros_like(h0)
+    # The decays are recomputed rather than kept from the sweep above: measured as fast,
+    # and a second [rows, s, d, N] tensor less.
+    torch.mul(after[-1].unsqueeze(-1), A, out=a).exp_()  # a_{t+1} at each chunk's last step
+    for t in range(chunk - 1, -1, -1):
+        g.mul_(a).addcmul_(e[t].unsqueeze(-1), Cs[t].unsqueeze(-2))  # g_t
+        torch.mul(delta[t].unsqueeze(-1), A, out=a).exp_()  # a_t, the next step's a_{t+1}
+        grad_u[t] = (g @ Bs[t].unsqueeze(-1)).squeeze(-1)
+        grad_Bs[t] = (us[t].unsqueeze(-2) @ g).squeeze(-2)
+        torch.mul(g, a, out=q).mul_(states[t - 1] if t else h0)  # dL/d(dt_t A) = g_t a_t h_{t-1}
+        grad_A.addcmul_(q, delta[t].unsqueeze(-1))
+        grad_dtA[t] = q.mul_(A).sum(-1)
+    grad_u, grad_dtA = _from_steps(grad_u, s), _from_steps(grad_dtA, s)
+    return (grad_u * dt, grad_dtA + grad_u * x, grad_A.sum((0, 1)),
+            _from_steps(grad_Bs, s), _from_steps(grad_Cs, s))
 
 
 def selective_scan(x, dt, A, B, C) -> tuple[torch.Tensor, torch.Tensor]:

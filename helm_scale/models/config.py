@@ -1,13 +1,18 @@
-"""The model's settings: one typed dataclass shared by the tensor-parallel model
-(helm_scale.model), the single-device model (helm_scale.plain_model), the trainer's
-configuration and exported checkpoints. No torch import here, so configs load without it."""
+"""The model's settings: one typed dataclass shared by every network of
+helm_scale.models, the trainer's configuration and exported checkpoints.
+
+Plain data and its checks: no torch import here (dtypes are named, helm_scale.models.layers
+maps the names to torch dtypes), so a configuration loads where torch is absent. What a
+configuration costs (parameters, FLOPs) is the network's business:
+helm_scale.models.registry.num_parameters / flops_per_token.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-PARAMS_DTYPES = ("fp32", "bf16")
-ARCHS = ("transformer", "lstm", "mamba", "hyena")  # lstm: the recurrent baseline (helm_scale.lstm);
-# mamba, hyena: HELM's attention-free backbones (helm_scale.mamba, helm_scale.hyena). TP 1 only.
+DTYPE_NAMES = ("fp32", "bf16")
+ARCHS = ("transformer", "lstm", "mamba", "hyena")  # lstm: the recurrent baseline (models.lstm);
+# mamba, hyena: HELM's attention-free backbones (models.mamba, models.hyena). TP 1 only.
 PLAIN_ONLY = ("lstm", "mamba", "hyena")  # no tensor-parallel form and no packed rows
 
 
@@ -56,8 +61,8 @@ class ModelConfig:
             raise ValueError(f"attention must be 'causal' or 'bidirectional', got {self.attention!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.params_dtype not in PARAMS_DTYPES:
-            raise ValueError(f"params_dtype must be one of {sorted(PARAMS_DTYPES)}, got {self.params_dtype!r}")
+        if self.params_dtype not in DTYPE_NAMES:
+            raise ValueError(f"params_dtype must be one of {sorted(DTYPE_NAMES)}, got {self.params_dtype!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.arch == "lstm" and self.attention != "causal":
@@ -78,55 +83,3 @@ class ModelConfig:
             if getattr(self, key) % tp:
                 hint = f"; use pad_vocab({self.vocab_size}, tp={tp})" if key == "padded_vocab_size" else ""
                 raise ValueError(f"{key} = {getattr(self, key)} is not divisible by tensor_parallel = {tp}{hint}")
-
-    def num_parameters(self, include_embeddings: bool = True) -> int:
-        """Exact parameter count of HelmTransformer (all TP ranks together), or of LstmLM,
-        MambaLM, HyenaLM (these two counted on a model built on the meta device)."""
-        if self.arch in ("mamba", "hyena"):
-            return self._meta_model().parameter_count(include_embeddings)
-        h, f = self.hidden_size, self.ffn_hidden_size
-        if self.arch == "lstm":  # per layer: W_ih, W_hh (4h x h each) and two 4h biases
-            n = self.num_layers * (8 * h * h + 8 * h) + (0 if self.tie_embeddings else self.padded_vocab_size * h)
-            return n + (self.padded_vocab_size * h if include_embeddings else 0)
-        per_layer = 2 * h + (3 * h * h + 3 * h) + (h * h + h) + 2 * h + (h * f + f) + (f * h + h)
-        n = self.num_layers * per_layer + 2 * h
-        if not self.tie_embeddings:
-            n += self.padded_vocab_size * h  # the head is counted as a matmul, not an embedding
-        if include_embeddings:
-            n += self.padded_vocab_size * h + (self.max_seq_len * h if self.position == "learned" else 0)
-        return n
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (forward + backward) for MFU.
-
-        6 * N_matmul + 12 * L * h * S, where N_matmul = L * (4h^2 + 2hf) + V_padded * h counts
-        every weight used in a matmul (the head included, embedding lookups and norms not), and
-        12 * L * h * S is QK^T and attention x V (2 * 2 * S * h per token and layer forward,
-        times 3 with the backward). Causal masking is not discounted (PaLM convention).
-        """
-        if self.arch in ("mamba", "hyena"):
-            return self._meta_model().flops_per_token(seq_len)
-        h, f, L = self.hidden_size, self.ffn_hidden_size, self.num_layers
-        if self.arch == "lstm":  # 8h^2 matmul weights per layer and the head; no attention
-            return 6.0 * (L * 8 * h * h + self.padded_vocab_size * h)
-        matmul_params = L * (4 * h * h + 2 * h * f) + self.padded_vocab_size * h
-        return 6.0 * matmul_params + 12.0 * L * h * seq_len
-
-    def _meta_model(self):
-        """The model without memory (meta tensors): its shapes only, for counting."""
-        import torch
-
-        from helm_scale.plain_model import build_plain_model
-        with torch.device("meta"):
-            return build_plain_model(self)
-
-
-def __getattr__(name: str):
-    # DTYPES (params_dtype -> torch dtype) is built on first use, so that importing the
-    # config needs no torch; the models that need it import it from here as before.
-    # (Issue 19 item 1 moves ModelConfig to helm_scale/models/config.py; this mapping
-    # belongs with the models then.)
-    if name == "DTYPES":
-        import torch
-        return {"fp32": torch.float32, "bf16": torch.bfloat16}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

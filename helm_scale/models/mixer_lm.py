@@ -1,11 +1,11 @@
-"""What the attention-free language models (helm_scale.mamba, helm_scale.hyena) share:
+"""What the attention-free language models (models.mamba, models.hyena) share:
 token embedding (plus a learned absolute position table when ``position: learned``, as
 HELM's Mamba has), dropout, a stack of blocks in ``self.layers``, a final LayerNorm, and the
-head of helm_scale.plain_model.LanguageModel (tied or separate).
+head of helm_scale.models.base.LanguageModel (tied or separate).
 
   MixerLM(config, arch)          subclasses append their blocks to self.layers
       .hidden_states(input_ids, position_ids=None, segment_ids=None, padding_mask=None)
-      .parameter_count(include_embeddings=True), .flops_per_token(seq_len)
+      subclasses define sequence_flops(seq_len) (LanguageModel.flops_per_token adds the matmuls)
 
 Each block is called as ``block(x, keep)``: ``keep`` [b, s] bool marks the real tokens of
 right-padded rows for bidirectional models (None for causal ones, whose right padding
@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helm_scale.model_config import DTYPES, ModelConfig
-from helm_scale.plain_model import LanguageModel
+from helm_scale.models.base import LanguageModel
+from helm_scale.models.config import ModelConfig
+from helm_scale.models.layers import DTYPES
 
 
 def wide(x: torch.Tensor) -> torch.Tensor:
@@ -64,11 +65,6 @@ class MixerLM(LanguageModel):
             tables.append(self.head.weight)
         return tables
 
-    def embedding_parameter_names(self) -> set[str]:
-        """Lookup tables the optimizer may exempt from weight decay."""
-        names = {"word_embeddings.weight"}
-        return names | ({"position_embeddings"} if self.config.position == "learned" else set())
-
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
               start: int = 0) -> torch.Tensor:
         b, s = input_ids.shape
@@ -80,10 +76,6 @@ class MixerLM(LanguageModel):
                 position_ids = torch.arange(start, start + s, device=input_ids.device).expand(b, s)
             x = x + F.embedding(position_ids, self.position_embeddings)
         return F.dropout(x, self.config.dropout, self.training)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.word_embeddings.weight if self.config.tie_embeddings else self.head.weight
-        return F.linear(x, weight)
 
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                       segment_ids: torch.Tensor | None = None,
@@ -103,20 +95,3 @@ class MixerLM(LanguageModel):
         for layer in self.layers:
             x = layer(x, keep)
         return self.final_norm(x)
-
-    def parameter_count(self, include_embeddings: bool = True) -> int:
-        """As ModelConfig.num_parameters: a separate head counts as a matmul, not an embedding."""
-        n = sum(p.numel() for p in self.parameters())
-        if not include_embeddings:
-            n -= sum(t.numel() for t in self.embedding_tables()[:1 + (self.config.position == "learned")])
-        return n
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """6 x the weights used in matmuls (the head included; lookups, norms, convolution
-        taps and vectors not), plus the subclass's sequence mixing (sequence_flops)."""
-        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
-        return 6.0 * (matmul + self.config.padded_vocab_size * self.config.hidden_size * self.config.tie_embeddings) \
-            + self.sequence_flops(seq_len)
-
-    def sequence_flops(self, seq_len: int) -> float:
-        raise NotImplementedError

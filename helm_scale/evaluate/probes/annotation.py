@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from helm_scale.evaluate.property_tasks import InputError, pick_column, seeded_split
+from helm_scale.evaluate import cli
+from helm_scale.evaluate.probes.tasks import pick_column, seeded_split
+from helm_scale.evaluate.sequences import EvalInputError
 
 LABEL_COLUMNS = ("region_labels_nt", "region_labels", "labels", "label")
 SEQUENCE_COLUMNS = ("sequence", "Sequence", "sequence_alignment", "seq", "cds")
@@ -28,25 +30,21 @@ IMGT_REGIONS = {"0": "FR1", "1": "CDR1", "2": "FR2", "3": "CDR2", "4": "FR3", "5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("export", help="exported model directory (helm-scale export)")
+    cli.add_export(p)
     p.add_argument("csv", help="CSV with a sequence and a per-nucleotide label column")
     p.add_argument("-o", "--output", default="eval/annotation", help="output directory (default eval/annotation)")
     p.add_argument("--sequence-column", help="default: detected (sequence, Sequence, ...)")
     p.add_argument("--label-column", help="default: detected (region_labels_nt, labels, ...)")
     p.add_argument("--label-rule", choices=("majority", "first"), default="majority",
                    help="a codon's label from its nucleotides' (default majority)")
-    p.add_argument("--heads", default="linear,conv", help="comma list of linear, conv (default both)")
-    p.add_argument("--seeds", type=int, default=3, help="head seeds (default 3)")
-    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the 80/10/10 split (default 0)")
     p.add_argument("--limit", type=int, help="use only the first N sequences (quick runs)")
+    p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per embedding batch (default 16384)")
     # A linear probe on ~150k training codons converges slowly at 1e-3 (still improving at
     # epoch 50, measured); at 1e-2 it stops early by epoch ~50 at the same accuracy.
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-epochs", type=int, default=100)
-    p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per embedding batch")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    h = cli.add_head_training(p, lr=1e-2, max_epochs=100)
+    h.add_argument("--heads", default="linear,conv", help="comma list of linear, conv (default both)")
+    cli.add_runtime(p)
 
 
 def codon_labels(labels: str, rule: str) -> list[str]:
@@ -63,12 +61,12 @@ def read_annotation(path, sequence_column=None, label_column=None, limit=None):
     """(sequences, per-nucleotide label strings, column names) with every row checked."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such file")
+        raise EvalInputError(f"{path}: no such file")
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader, [])]
         if not header:
-            raise InputError(f"{path}: empty file (no header line)")
+            raise EvalInputError(f"{path}: empty file (no header line)")
         seq_col = pick_column(header, sequence_column, SEQUENCE_COLUMNS, "sequence", path, "--sequence-column")
         lab_col = pick_column(header, label_column, LABEL_COLUMNS, "label", path, "--label-column")
         si, li = header.index(seq_col), header.index(lab_col)
@@ -77,19 +75,19 @@ def read_annotation(path, sequence_column=None, label_column=None, limit=None):
             if not row:
                 continue
             if len(row) != len(header):
-                raise InputError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
+                raise EvalInputError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
             seq, lab = row[si].strip(), row[li].strip()
             if len(seq) != len(lab):
-                raise InputError(f"{path}:{line}: sequence has {len(seq)} nucleotides but "
+                raise EvalInputError(f"{path}:{line}: sequence has {len(seq)} nucleotides but "
                                  f"{len(lab)} labels")
             if len(seq) < 3:
-                raise InputError(f"{path}:{line}: sequence shorter than one codon")
+                raise EvalInputError(f"{path}:{line}: sequence shorter than one codon")
             sequences.append(seq)
             labels.append(lab)
             if limit and len(sequences) >= limit:
                 break
     if len(sequences) < 10:
-        raise InputError(f"{path}: {len(sequences)} usable rows; annotation needs at least 10")
+        raise EvalInputError(f"{path}: {len(sequences)} usable rows; annotation needs at least 10")
     return sequences, labels, {"sequence": seq_col, "label": lab_col}
 
 
@@ -109,34 +107,31 @@ def label_matrix(tokenised_ids, label_strings, rule: str, classes: list[str]):
 
 
 def run(args) -> int:
+    return cli.run_command("helm-scale eval annotate", _annotate, args)
+
+
+def _annotate(args) -> int:
     import torch
 
-    from helm_scale.evaluate.backbone import Backbone
-    from helm_scale.evaluate.probes import (
+    from helm_scale.evaluate.probes.backbone import Backbone
+    from helm_scale.evaluate.probes.heads import (
         FitSpec,
         TokenHead,
         predict_tokens,
         train_token_head,
     )
-    from helm_scale.evaluate.report import write_annotation_report
-    from helm_scale.evaluate.scores import accuracy, macro_f1, mean_std, per_class_f1
+    from helm_scale.evaluate.probes.report import write_annotation_report
+    from helm_scale.evaluate.probes.scores import accuracy, macro_f1, mean_std, per_class_f1
 
-    prog = "helm-scale eval annotate"
-    try:
-        heads = [h.strip() for h in args.heads.split(",") if h.strip()]
-        if not heads or set(heads) - set(TokenHead.KINDS):
-            raise InputError(f"--heads {args.heads!r}: choose from {', '.join(TokenHead.KINDS)}")
-        if args.seeds < 1:
-            raise InputError("--seeds must be at least 1")
-        sequences, label_strings, columns = read_annotation(
-            args.csv, args.sequence_column, args.label_column, args.limit)
-        backbone = Backbone.load(args.export, args.batch_tokens)
-    except InputError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    if not heads or set(heads) - set(TokenHead.KINDS):
+        raise EvalInputError(f"--heads {args.heads!r}: choose from {', '.join(TokenHead.KINDS)}")
+    if args.seeds < 1:
+        raise EvalInputError("--seeds must be at least 1")
+    sequences, label_strings, columns = read_annotation(args.csv, args.sequence_column, args.label_column,
+                                                        args.limit)
+    backbone = Backbone(cli.load_export(args.export, args.device), args.batch_tokens)
     # Classes as codons see them: a label that only ever loses the vote is no class.
-    if args.threads:
-        torch.set_num_threads(args.threads)
     classes = sorted({c for labs in label_strings for c in codon_labels(labs, args.label_rule)})
     tok = backbone.tokenise(sequences)
     labels, cut = label_matrix(tok.ids, label_strings, args.label_rule, classes)
@@ -146,7 +141,7 @@ def run(args) -> int:
     split = seeded_split(len(sequences), args.split_seed)
     tr, va, te = (np.flatnonzero(split == i) for i in range(3))
     t0 = time.perf_counter()
-    feats = backbone.features(tok.ids, desc="embed annotation")
+    feats = backbone.features(tok.ids, desc=None if args.quiet else "embed annotation")
     embed_seconds = time.perf_counter() - t0
     spec = FitSpec(lr=args.lr, batch_size=args.batch_size, max_epochs=args.max_epochs,
                    patience=args.patience)
@@ -155,7 +150,7 @@ def run(args) -> int:
         accs, f1s, epochs, per_class, t0 = [], [], [], [], time.perf_counter()
         for seed in range(args.seeds):
             head, info = train_token_head(feats.tokens, feats.lengths, labels, len(classes), tr, va,
-                                          spec, seed, kind, desc=f"{kind} head seed {seed}")
+                                          spec, seed, kind, desc=None if args.quiet else f"{kind} head seed {seed}")
             preds = predict_tokens(head, feats.tokens, feats.lengths, te)
             true = torch.cat([labels[i, : len(p)] for i, p in zip(te, preds)])
             pred = torch.cat(preds)

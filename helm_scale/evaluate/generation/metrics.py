@@ -194,7 +194,7 @@ def generation_metrics(generated: list[str], reference: list[str], exported=None
         },
     }
     if exported is not None:
-        from helm_scale.evaluate.scoring import embed
+        from helm_scale.evaluate.lm.scoring import embed
         real = _sample(reference, max_embed, seed)
         fake = _sample(generated, max_embed, seed + 1)
         e_real = embed(exported, real, batch_size, progress)

@@ -3,7 +3,7 @@
 A task is any CSV with a sequence column, a numeric value column and, optionally, a split
 column (train / val / test). Column names are detected from common spellings unless given;
 without a split column the rows get a seeded 80/10/10 split. Problems with the input raise
-:class:`InputError`, which the commands turn into exit code 2.
+:class:`EvalInputError`, which the commands turn into exit code 2.
 """
 from __future__ import annotations
 
@@ -14,16 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from helm_scale.evaluate.sequences import EvalInputError
+
 # Detection order: the first present wins (exact name first, then case-insensitive).
 SEQUENCE_COLUMNS = ("Sequence", "CDS", "cds", "sequence", "seq", "mrna", "rna", "dna")
 VALUE_COLUMNS = ("Value", "value", "abundance", "label", "target", "y", "score", "expression")
 SPLIT_COLUMNS = ("Split", "split", "set", "fold_split")
 SPLIT_NAMES = {"train": 0, "training": 0, "val": 1, "valid": 1, "validation": 1, "dev": 1, "test": 2}
 SPLITS = ("train", "val", "test")
-
-
-class InputError(ValueError):
-    """Bad input (missing file or column, unparsable value): the command exits with 2."""
 
 
 @dataclass
@@ -51,12 +49,12 @@ def find_task_files(paths: list[str]) -> list[Path]:
         if p.is_dir():
             files = sorted(f for f in p.rglob("*.csv") if f.is_file())
             if not files:
-                raise InputError(f"{p}: directory has no .csv files")
+                raise EvalInputError(f"{p}: directory has no .csv files")
             found.extend(files)
         elif p.is_file():
             found.append(p)
         else:
-            raise InputError(f"{p}: no such file or directory")
+            raise EvalInputError(f"{p}: no such file or directory")
     return list(dict.fromkeys(found))  # each file once, first mention's order
 
 
@@ -65,7 +63,7 @@ def pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ..
     """The column to use for ``role``: ``wanted`` if given (must exist), else detected."""
     if wanted is not None:
         if wanted not in header:
-            raise InputError(f"{path}: no column {wanted!r} ({flag}); columns are {header}")
+            raise EvalInputError(f"{path}: no column {wanted!r} ({flag}); columns are {header}")
         return wanted
     for name in candidates:
         if name in header:
@@ -75,7 +73,7 @@ def pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ..
         if name.lower() in lowered:
             return lowered[name.lower()]
     if required:
-        raise InputError(f"{path}: no {role} column found (looked for {', '.join(candidates)}); "
+        raise EvalInputError(f"{path}: no {role} column found (looked for {', '.join(candidates)}); "
                          f"columns are {header}: name it with {flag}")
     return None
 
@@ -94,15 +92,15 @@ def seeded_split(n: int, seed: int, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:
 def read_task(path, sequence_column: str | None = None, value_column: str | None = None,
               split_column: str | None = None, split_seed: int = 0) -> Task:
     """Read one task CSV. Rows with an empty value are dropped (counted in ``notes``);
-    anything else that does not parse is an :class:`InputError` naming file and line."""
+    anything else that does not parse is an :class:`EvalInputError` naming file and line."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such file")
+        raise EvalInputError(f"{path}: no such file")
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if not header:
-            raise InputError(f"{path}: empty file (no header line)")
+            raise EvalInputError(f"{path}: empty file (no header line)")
         header = [h.strip() for h in header]
         seq_col = pick_column(header, sequence_column, SEQUENCE_COLUMNS, "sequence", path, "--sequence-column")
         val_col = pick_column(header, value_column, VALUE_COLUMNS, "value", path, "--value-column")
@@ -114,7 +112,7 @@ def read_task(path, sequence_column: str | None = None, value_column: str | None
             if not row:
                 continue
             if len(row) != len(header):
-                raise InputError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
+                raise EvalInputError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
             raw_value = row[at[val_col]].strip()
             if raw_value == "" or raw_value.lower() in ("nan", "na"):
                 dropped += 1
@@ -122,23 +120,23 @@ def read_task(path, sequence_column: str | None = None, value_column: str | None
             try:
                 value = float(raw_value)
             except ValueError:
-                raise InputError(f"{path}:{line}: value {raw_value!r} in column {val_col!r} "
+                raise EvalInputError(f"{path}:{line}: value {raw_value!r} in column {val_col!r} "
                                  "is not a number") from None
             if not math.isfinite(value):
-                raise InputError(f"{path}:{line}: value {raw_value!r} is not finite")
+                raise EvalInputError(f"{path}:{line}: value {raw_value!r} is not finite")
             seq = row[at[seq_col]].strip()
             if len(seq) < 3:
-                raise InputError(f"{path}:{line}: sequence {seq!r} is shorter than one codon")
+                raise EvalInputError(f"{path}:{line}: sequence {seq!r} is shorter than one codon")
             if split_col:
                 name = row[at[split_col]].strip().lower()
                 if name not in SPLIT_NAMES:
-                    raise InputError(f"{path}:{line}: split {row[at[split_col]]!r} is not one of "
+                    raise EvalInputError(f"{path}:{line}: split {row[at[split_col]]!r} is not one of "
                                      "train / val / valid / validation / dev / test")
                 splits.append(SPLIT_NAMES[name])
             sequences.append(seq)
             values.append(value)
     if len(sequences) < 10:
-        raise InputError(f"{path}: {len(sequences)} usable rows; a task needs at least 10")
+        raise EvalInputError(f"{path}: {len(sequences)} usable rows; a task needs at least 10")
     notes = [f"dropped {dropped} rows with an empty value"] if dropped else []
     if split_col:
         split = np.array(splits, dtype=np.int8)
@@ -157,7 +155,7 @@ def _complete_split(split: np.ndarray, seed: int, notes: list[str], path) -> np.
     (a seeded ninth, so that train : val stays about 8 : 1)."""
     for i, name in ((0, "train"), (2, "test")):
         if not (split == i).any():
-            raise InputError(f"{path}: the split column has no {name} rows")
+            raise EvalInputError(f"{path}: the split column has no {name} rows")
     if not (split == 1).any():
         train = np.flatnonzero(split == 0)
         chosen = np.random.default_rng(seed).permutation(train)[: max(1, len(train) // 9)]

@@ -12,12 +12,12 @@ re-runs the whole prefix for every token (exact, but O(L^2): slow for long seque
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+
+from helm_scale.evaluate import cli
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("export", help="export directory of a causal model (helm-scale export)")
+    cli.add_export(p, "export directory of a causal model (helm-scale export)")
     p.add_argument("-n", type=int, required=True, help="number of sequences")
     p.add_argument("-o", "--output", required=True, help="FASTA file to write")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0; default 1)")
@@ -26,30 +26,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", default="ATG", help="start of every sequence, whole codons (default ATG)")
     p.add_argument("--max-codons", type=int, default=None,
                    help="longest sequence in codons, prefix included (default: training data.seq_len - 2)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences sampled together (default 16)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_seed(p, "the sampling")
+    cli.add_batch_size(p, what="sequences sampled together")
+    cli.add_runtime(p)
+
+
+def _generate(args) -> dict:
+    from helm_scale.evaluate.generation.sampling import generate_records
+    from helm_scale.evaluate.sequences import write_fasta
+    exported = cli.load_export(args.export, args.device)
+    records = generate_records(exported, args.n, args.temperature, args.top_k, args.top_p, args.prefix,
+                               args.max_codons, args.seed, args.batch_size, progress=not args.quiet)
+    write_fasta(args.output, [(f"gen_{i} codons={r.codons} eos={'yes' if r.ended else 'no'}", r.sequence)
+                              for i, r in enumerate(records)])
+    return {"output": args.output, "n": len(records), "ended_with_eos": sum(r.ended for r in records),
+            "mean_codons": sum(r.codons for r in records) / len(records), "seed": args.seed,
+            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "model_step": exported.step}
 
 
 def run(args) -> int:
-    from helm_scale.evaluate.sampling import generate_records
-    from helm_scale.evaluate.sequences import EvalInputError, write_fasta
-    from helm_scale.export import load_exported
-    try:
-        try:
-            exported = load_exported(args.export, device=args.device)
-        except (FileNotFoundError, ValueError) as e:
-            raise EvalInputError(str(e)) from None
-        records = generate_records(exported, args.n, args.temperature, args.top_k, args.top_p, args.prefix,
-                                   args.max_codons, args.seed, args.batch_size, progress=not args.quiet)
-    except EvalInputError as e:
-        print(f"helm-scale generate: error: {e}", file=sys.stderr)
-        return 2
-    write_fasta(args.output, [(f"gen_{i} codons={r.codons} eos={'yes' if r.ended else 'no'}", r.sequence)
-                              for i, r in enumerate(records)])
-    print(json.dumps({"output": args.output, "n": len(records), "ended_with_eos": sum(r.ended for r in records),
-                      "mean_codons": sum(r.codons for r in records) / len(records), "seed": args.seed,
-                      "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                      "model_step": exported.step}, indent=1))
-    return 0
+    return cli.run_command("helm-scale generate", _generate, args)

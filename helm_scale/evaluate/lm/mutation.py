@@ -122,7 +122,7 @@ def ngram_score_fn(lm):
 
 def model_score_fn(exported, batch_size: int = 16, progress: bool = True):
     """Per-nucleotide NLL under a causal export (codons re-tokenised in frame)."""
-    from helm_scale.evaluate.scoring import sequence_nll
+    from helm_scale.evaluate.lm.scoring import sequence_nll
 
     def score(seqs: list[str]) -> np.ndarray:
         nll, nt = sequence_nll(exported, seqs, batch_size, progress)

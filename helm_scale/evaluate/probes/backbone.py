@@ -16,7 +16,6 @@ from tqdm import tqdm
 
 from helm_scale.codon import Vocabulary
 from helm_scale.data.batches import with_specials
-from helm_scale.evaluate.property_tasks import InputError
 
 # Byte -> base index: A C G T = 0..3, U reads as T, anything else 4 (an ambiguous base).
 _BASE_INDEX = np.full(256, 4, dtype=np.int64)
@@ -70,10 +69,12 @@ class Features:
 
 
 class Backbone:
-    """An exported model, frozen, with its vocabulary and maximum length."""
+    """An exported model (helm_scale.evaluate.cli.load_export), frozen, with its vocabulary
+    and maximum length; it runs on the export's device, its features stay on the CPU."""
 
     def __init__(self, exported, batch_tokens: int = 16384):
         self.model = exported.model.eval()
+        self.device = next(self.model.parameters()).device
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.vocab: Vocabulary = exported.vocab
@@ -83,33 +84,27 @@ class Backbone:
         self.hidden_size = int(exported.config.model.hidden_size)
         self.batch_tokens = batch_tokens
 
-    @classmethod
-    def load(cls, path, batch_tokens: int = 16384) -> Backbone:
-        from helm_scale.export import load_exported
-        try:
-            return cls(load_exported(path, device="cpu"), batch_tokens)
-        except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-            raise InputError(f"{path}: not an exported model ({e})") from None
-
     def describe(self) -> dict:
+        from helm_scale.models.registry import num_parameters
         m = self.config.model
         return {"step": self.step, "loss": getattr(self.config.loss, "name", None),
                 "objective": self.config.data.objective, "layers": m.num_layers,
                 "hidden": m.hidden_size, "max_seq_len": m.max_seq_len,
-                "parameters": m.num_parameters()}
+                "parameters": num_parameters(m)}
 
     def tokenise(self, sequences: list[str], max_len: int | None = None) -> Tokenised:
         return tokenise(sequences, self.vocab, min(max_len or self.max_len, self.max_len))
 
     @torch.inference_mode()
-    def features(self, ids: list[np.ndarray], desc: str = "embedding") -> Features:
-        """Last hidden states (after the final norm) of every sequence, computed once."""
+    def features(self, ids: list[np.ndarray], desc: str | None = "embedding") -> Features:
+        """Last hidden states (after the final norm) of every sequence, computed once;
+        a progress bar named ``desc`` (None: none)."""
         n, lengths = len(ids), torch.tensor([len(t) for t in ids], dtype=torch.long)
         width = int(lengths.max())
         tokens = torch.zeros(n, width, self.hidden_size, dtype=torch.float16)
         pooled = np.zeros((n, self.hidden_size), dtype=np.float32)
         order = torch.argsort(lengths, descending=True).tolist()  # little padding per batch
-        with tqdm(total=n, desc=desc, unit="seq", leave=False) as bar:
+        with tqdm(total=n, desc=desc, unit="seq", leave=False, disable=desc is None) as bar:
             start = 0
             while start < n:
                 longest = int(lengths[order[start]])
@@ -118,7 +113,8 @@ class Backbone:
                 for r, i in enumerate(rows):
                     batch[r, : len(ids[i])] = torch.from_numpy(ids[i])
                 padding = batch == self.vocab.pad_id
-                hidden = self.model.hidden_states(batch, padding_mask=padding).float()
+                hidden = self.model.hidden_states(batch.to(self.device),
+                                                  padding_mask=padding.to(self.device)).float().cpu()
                 hidden = hidden.masked_fill(padding[..., None], 0.0)
                 for r, i in enumerate(rows):
                     k = len(ids[i])

@@ -21,39 +21,31 @@ from pathlib import Path
 
 import numpy as np
 
-from helm_scale.evaluate.property_tasks import (
-    InputError,
-    Task,
-    find_task_files,
-    read_task,
-)
+from helm_scale.evaluate import cli
+from helm_scale.evaluate.probes.tasks import Task, find_task_files, read_task
+from helm_scale.evaluate.sequences import EvalInputError
 
 OUTPUT_STEM = "downstream"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("export", help="exported model directory (helm-scale export)")
+    cli.add_export(p)
     p.add_argument("inputs", nargs="+", help="task CSV files and/or directories of them")
     p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per embedding batch (default 16384)")
     g = p.add_argument_group("input columns (default: detected)")
-    g.add_argument("--sequence-column")
-    g.add_argument("--value-column")
-    g.add_argument("--split-column")
+    g.add_argument("--sequence-column", help="default: detected (Sequence, CDS, cds, sequence, ...)")
+    g.add_argument("--value-column", help="default: detected (Value, value, abundance, label, ...)")
+    g.add_argument("--split-column", help="default: detected (Split, split, set, fold_split)")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the 80/10/10 split (default 0)")
     g.add_argument("--target", choices=("auto", "raw", "log"), default="auto",
                    help="fit y or log(1 + y) (default auto: log for skewed non-negative targets)")
     g.add_argument("--max-len", type=int, help="cut sequences to this many tokens (default: the model's)")
-    h = p.add_argument_group("heads")
+    h = cli.add_head_training(p, lr=1e-3, max_epochs=30)
     h.add_argument("--probes", default="textcnn,ridge", help="comma list of textcnn, ridge (default both)")
-    h.add_argument("--seeds", type=int, default=3, help="TextCNN seeds per task (default 3)")
-    h.add_argument("--lr", type=float, default=1e-3)
-    h.add_argument("--batch-size", type=int, default=32)
-    h.add_argument("--max-epochs", type=int, default=30)
-    h.add_argument("--patience", type=int, default=5, help="epochs without a better val loss (default 5)")
     h.add_argument("--channels", type=int, default=100, help="TextCNN channels per kernel (default 100)")
-    h.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per embedding batch")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    h.add_argument("--dropout", type=float, default=0.5, help="TextCNN dropout (default 0.5)")
+    cli.add_runtime(p)
 
 
 def skewness(x: np.ndarray) -> float:
@@ -64,7 +56,7 @@ def skewness(x: np.ndarray) -> float:
 def fit_targets(values: np.ndarray, train_idx: np.ndarray, mode: str) -> tuple[np.ndarray, str]:
     """Targets for fitting: optional log(1 + y), then z-scored with the training rows."""
     if mode == "log" and values.min() <= -1:
-        raise InputError("--target log needs every value > -1")
+        raise EvalInputError("--target log needs every value > -1")
     use_log = mode == "log" or (mode == "auto" and values.min() >= 0
                                 and skewness(values[train_idx]) > 2.0)
     y = np.log1p(values) if use_log else values.astype(np.float64)
@@ -74,13 +66,13 @@ def fit_targets(values: np.ndarray, train_idx: np.ndarray, mode: str) -> tuple[n
 
 def evaluate_task(backbone, task: Task, args) -> dict:
     """Embed once, then every probe and seed on the same features."""
-    from helm_scale.evaluate.probes import (
+    from helm_scale.evaluate.probes.heads import (
         FitSpec,
         fit_ridge,
         predict_textcnn,
         train_textcnn,
     )
-    from helm_scale.evaluate.scores import mean_std, spearman
+    from helm_scale.evaluate.probes.scores import mean_std, spearman
 
     probes = parse_probes(args.probes)
     tok = backbone.tokenise(task.sequences, args.max_len)
@@ -88,7 +80,7 @@ def evaluate_task(backbone, task: Task, args) -> dict:
         print(f"  warning: {tok.truncated} of {len(task.sequences)} sequences cut to "
               f"{min(args.max_len or backbone.max_len, backbone.max_len)} tokens", file=sys.stderr)
     started = time.perf_counter()
-    feats = backbone.features(tok.ids, desc=f"embed {task.name}")
+    feats = backbone.features(tok.ids, desc=None if args.quiet else f"embed {task.name}")
     result = {"task": task.name, "path": task.path, "columns": task.columns,
               "split_source": task.split_source, "sizes": task.split_sizes(), "notes": task.notes,
               "truncated": tok.truncated, "unknown_codons": tok.unknown_codons,
@@ -109,7 +101,7 @@ def evaluate_task(backbone, task: Task, args) -> dict:
         for seed in range(args.seeds):
             model, info = train_textcnn(feats.tokens, feats.lengths, y, tr, va, spec, seed,
                                         channels=args.channels, dropout=args.dropout,
-                                        desc=f"TextCNN {task.name} seed {seed}")
+                                        desc=None if args.quiet else f"TextCNN {task.name} seed {seed}")
             rhos.append(spearman(predict_textcnn(model, feats.tokens, feats.lengths, te), truth))
             epochs.append(info["best_epoch"])
         mean, std = mean_std(rhos)
@@ -122,32 +114,28 @@ def evaluate_task(backbone, task: Task, args) -> dict:
 def parse_probes(text: str) -> set[str]:
     probes = {p.strip() for p in text.split(",") if p.strip()}
     if not probes or probes - {"textcnn", "ridge"}:
-        raise InputError(f"--probes {text!r}: choose from textcnn, ridge")
+        raise EvalInputError(f"--probes {text!r}: choose from textcnn, ridge")
     return probes
 
 
 def run(args) -> int:
-    from helm_scale.evaluate.backbone import Backbone
-    from helm_scale.evaluate.report import write_downstream_report
+    return cli.run_command("helm-scale eval downstream", _downstream, args)
 
-    prog = "helm-scale eval downstream"
-    try:
-        if args.seeds < 1:
-            raise InputError("--seeds must be at least 1")
-        parse_probes(args.probes)
-        files = find_task_files(args.inputs)
-        # Every file is read and checked before the (slow) model work starts.
-        tasks = [read_task(f, args.sequence_column, args.value_column, args.split_column,
-                           args.split_seed) for f in files]
-        if len({t.name for t in tasks}) != len(tasks):
-            raise InputError("two task files share a name: " + ", ".join(t.path for t in tasks))
-        backbone = Backbone.load(args.export, args.batch_tokens)
-    except InputError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+
+def _downstream(args) -> int:
+    from helm_scale.evaluate.probes.backbone import Backbone
+    from helm_scale.evaluate.probes.report import write_downstream_report
+
+    if args.seeds < 1:
+        raise EvalInputError("--seeds must be at least 1")
+    parse_probes(args.probes)
+    files = find_task_files(args.inputs)
+    # Every file is read and checked before the (slow) model work starts.
+    tasks = [read_task(f, args.sequence_column, args.value_column, args.split_column,
+                       args.split_seed) for f in files]
+    if len({t.name for t in tasks}) != len(tasks):
+        raise EvalInputError("two task files share a name: " + ", ".join(t.path for t in tasks))
+    backbone = Backbone(cli.load_export(args.export, args.device), args.batch_tokens)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(args.export), "backbone": backbone.describe(),
@@ -157,9 +145,8 @@ def run(args) -> int:
         print(f"{task.name}: {len(task.sequences)} rows {task.split_sizes()} ({task.split_source})")
         try:
             res = evaluate_task(backbone, task, args)
-        except InputError as e:
-            print(f"{prog}: error: {task.path}: {e}", file=sys.stderr)
-            return 2
+        except EvalInputError as e:
+            raise EvalInputError(f"{task.path}: {e}") from None
         report["tasks"].append(res)
         print("  " + summary_line(res))
         # Written after every task: a long run stopped midway keeps what it finished.

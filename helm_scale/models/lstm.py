@@ -6,6 +6,7 @@ transformer.
       .forward(input_ids, position_ids=None, segment_ids=None, padding_mask=None)
           -> logits [b, s, padded_vocab_size]
       .hidden_states(same arguments) -> [b, s, hidden_size]   (the top LSTM layer's output)
+      .decode(input_ids, state=None) -> (logits [b, V], LstmState)   one position per token
 
 Embedding (width hidden_size) -> dropout -> ``num_layers`` stacked LSTM layers of
 ``hidden_size`` units (dropout between them) -> dropout -> head, tied to the embedding
@@ -17,12 +18,26 @@ tensor_parallel = 1 under DDP or DeepSpeed; the state dict is already the full o
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helm_scale.model_config import DTYPES, ModelConfig
-from helm_scale.plain_model import LanguageModel
+from helm_scale.models.base import LanguageModel
+from helm_scale.models.config import ModelConfig
+from helm_scale.models.layers import DTYPES
+
+
+@dataclass
+class LstmState:
+    """What decoding carries: every layer's (h, c) [layers, b, hidden]."""
+
+    h: torch.Tensor
+    c: torch.Tensor
+
+    def rows(self, keep: torch.Tensor) -> LstmState:
+        return LstmState(self.h[:, keep].contiguous(), self.c[:, keep].contiguous())
 
 
 class LstmLM(LanguageModel):
@@ -42,10 +57,6 @@ class LstmLM(LanguageModel):
             if not config.tie_embeddings:
                 nn.init.normal_(self.head.weight, std=config.init_std)
 
-    def embedding_parameter_names(self) -> set[str]:
-        """Lookup tables the optimizer may exempt from weight decay."""
-        return {"word_embeddings.weight"}
-
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                       segment_ids: torch.Tensor | None = None,
                       padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -56,3 +67,15 @@ class LstmLM(LanguageModel):
         x = F.dropout(self.word_embeddings(input_ids), p, self.training)
         out, _ = self.lstm(x)
         return F.dropout(out, p, self.training)
+
+    @torch.no_grad()
+    def decode(self, input_ids: torch.Tensor, state: LstmState | None = None):
+        out, (h, c) = self.lstm(self.word_embeddings(input_ids), None if state is None else (state.h, state.c))
+        return self.logits(out[:, -1]), LstmState(h, c)
+
+    def matmul_weights(self) -> int:
+        h = self.config.hidden_size  # per layer: W_ih and W_hh, 4h x h each
+        return super().matmul_weights() + self.config.num_layers * 8 * h * h
+
+    def sequence_flops(self, seq_len: int) -> float:
+        return 0.0  # the recurrence is the matmuls with W_hh, counted in matmul_weights

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from helm_scale.evaluate.decoding import decoder_for
-from helm_scale.evaluate.scoring import is_causal
+from helm_scale.evaluate.generation.decoding import decoder_for
+from helm_scale.evaluate.lm.scoring import is_causal
 from helm_scale.evaluate.sequences import EvalInputError, codons_of, is_acgt
 
 

@@ -2,7 +2,7 @@
 (configs/hyena_clm.yaml, configs/hyena_mlm.yaml): attention replaced by the Hyena operator
 of order 2, in plain PyTorch.
 
-  HyenaLM(config)                 helm_scale.mixer_lm.MixerLM: forward -> logits, hidden_states
+  HyenaLM(config)                 models.mixer_lm.MixerLM: forward -> logits, hidden_states
   long_conv(v, k, causal)         y_t = sum_s k[t - s] v_s by FFT (what the operator mixes with)
 
 Block (pre-norm): x += Hyena(LN(x)); x += fc2(gelu(fc1(LN(x)))), ffn_hidden_size wide.
@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helm_scale.mixer_lm import MixerLM, residual_scale_, wide
-from helm_scale.model_config import DTYPES, ModelConfig
+from helm_scale.models.config import ModelConfig
+from helm_scale.models.layers import DTYPES
+from helm_scale.models.mixer_lm import MixerLM, residual_scale_, wide
 
 SHORT_TAPS = 3       # short depthwise filter (HyenaDNA's short_filter_order)
 FILTER_BANDS = 16    # sine / cosine pairs of positional features: 1 + 2 * 16 inputs
