@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from helm_scale.codon import START_CODON, STOP_CODONS, Vocabulary, normalise
+from helm_scale.codon import START_CODON, STOP_CODONS, Vocabulary
 
-__all__ = ["REJECT_REASONS", "BatchOutcome", "RecordPolicy", "content_hashes", "normalise",
-           "process_batch"]
+__all__ = ["REJECT_REASONS", "BatchOutcome", "RecordPolicy", "content_hashes", "process_batch"]
 
 # Reasons a record is dropped, in the order they are checked.
 REJECT_REASONS = (

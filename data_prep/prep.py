@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from helm_scale.codon import Vocabulary, helm_tree
-
 from helm_scale.shard_format import DEFAULT_CHUNK_BYTES, FORMAT, MANIFEST, SPLITS
+from helm_scale.tokenizer import normalise
 
 from . import shards
 from .accounting import FileTally, RejectSampler, format_summary, totals
 from .dedup import SeenHashes
-from .policy import KEPT, REJECT_REASONS, RecordPolicy, normalise, process_batch
+from .policy import KEPT, REJECT_REASONS, RecordPolicy, process_batch
 from .readers import InputError, InputSpec, RecordBatch, TrackedFile, detect_format, discover, read_batches
 
 INCOMPLETE_MARKER = ".prep-incomplete"

@@ -1,14 +1,13 @@
 """Codon vocabulary and HELM codon tree: the data every other module stands on.
 
-This module imports nothing of ours. Its two objects, :class:`Vocabulary` and
-:class:`CodonTree`, serialise to JSON so that every shard manifest and every checkpoint
-records exactly which token order and which hierarchy it was made with; a fingerprint
+It imports nothing of ours but the other bottom module, helm_scale.tokenizer. Its two
+objects, :class:`Vocabulary` and :class:`CodonTree`, serialise to JSON so that every shard
+manifest and every checkpoint records exactly which token order and which hierarchy it was made with; a fingerprint
 (sha256 of the canonical JSON) makes a mismatch a one-line comparison.
 
-It is also the project's one tokenizer: :meth:`Vocabulary.encode_batch` normalises and
-encodes many raw sequences at once (:class:`EncodedBatch`: tokens plus offsets, and per
-record what a caller may refuse), and :class:`SequenceError` is the one error for bad
-sequence input.
+:meth:`Vocabulary.encode_batch` is the project's one tokenizer with this vocabulary's ids:
+it normalises and encodes many raw sequences at once (how: helm_scale.tokenizer, which
+also holds SequenceError, the one error for bad sequence input).
 """
 from __future__ import annotations
 
@@ -21,7 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-NUCLEOTIDES = "ACGT"
+from helm_scale.tokenizer import BASES, EncodedBatch, codon_code, encode, read_bases
+
 # Standard genetic code, amino acid (one-letter) -> codons; '*' is stop.
 _CODE_BY_AMINO_ACID = {
     "A": "GCT GCC GCA GCG", "R": "CGT CGC CGA CGG AGA AGG", "N": "AAT AAC",
@@ -38,11 +38,8 @@ START_CODON = "ATG"
 STOP_CODONS = ("TAA", "TAG", "TGA")
 # All 64 codons in lexicographic ACGT order, so codon index = 16*b0 + 4*b1 + b2 with
 # A=0, C=1, G=2, T=3: the vectorised tokenizer relies on this.
-CODONS = tuple(a + b + c for a in NUCLEOTIDES for b in NUCLEOTIDES for c in NUCLEOTIDES)
+CODONS = tuple(a + b + c for a in BASES for b in BASES for c in BASES)
 assert len(GENETIC_CODE) == 64 and set(GENETIC_CODE) == set(CODONS)
-
-IUPAC_AMBIGUOUS = b"NRYSWKMBDHV"
-REMOVED = b" \t\r\n-."  # whitespace and alignment gaps: dropped by normalisation
 
 VOCAB_VERSION = "helm-codon-v1"
 DEFAULT_SPECIALS = ("<pad>", "<cls>", "<eos>", "<unk>", "<mask>")
@@ -116,7 +113,7 @@ class Vocabulary:
         return [self.cls_id, *ids, self.eos_id] if add_special else ids
 
     def encode_batch(self, sequences: Sequence[str | bytes] | bytes, starts=None,
-                     ends=None) -> "EncodedBatch":
+                     ends=None) -> EncodedBatch:
         """Normalise and tokenise many raw sequences at once.
 
         ``sequences`` is a list of str / bytes, or one bytes buffer with ``starts`` and
@@ -126,15 +123,14 @@ class Vocabulary:
         is no base at all, becomes ``<unk>``; the batch says which records hold either,
         so that callers can refuse them (:meth:`EncodedBatch.check`) or count them.
         """
-        return _encode_batch(self, sequences, starts, ends)
+        return encode(read_bases(sequences, starts, ends), self._codon_table)
 
     @cached_property
     def _codon_table(self) -> np.ndarray:
-        """Base-6 codon code (36 b0 + 6 b1 + b2, classes of :data:`_CLASS_OF_BYTE`) -> token id."""
+        """Base-6 codon code (helm_scale.tokenizer.codon_code) -> token id; others <unk>."""
         table = np.full(256, self.unk_id, dtype=np.int64)
         for i, codon in enumerate(CODONS):
-            b0, b1, b2 = (NUCLEOTIDES.index(c) for c in codon)
-            table[36 * b0 + 6 * b1 + b2] = self.codon_lookup[i]
+            table[codon_code(codon)] = self.codon_lookup[i]
         return table.astype(self.token_dtype)
 
     def decode(self, ids, strip_special: bool = True) -> str:
@@ -322,112 +318,3 @@ def build_tree(vocab: Vocabulary, kind: str = "helm", seed: int = 0) -> CodonTre
     if kind not in TREE_BUILDERS:
         raise ValueError(f"unknown tree kind {kind!r}; choose one of {sorted(TREE_BUILDERS)}")
     return random_tree(vocab, seed) if kind == "random" else TREE_BUILDERS[kind](vocab)
-
-
-# ---------------------------------------------------------------------------------------
-# The tokenizer. Bytes are classed by one 256-entry table applied with bytes.translate,
-# CPython's C loop (a NumPy fancy index costs ~5x more per byte on uint8): A C G T (any
-# case, U read as T) are 0..3, IUPAC ambiguity codes 4, anything else 5; whitespace and
-# gaps are deleted in the same pass. Three classes make a base-6 codon code (< 216), and a
-# second 256-entry table maps it to a token id, so no step runs Python per base or codon.
-_AMBIGUOUS_CLASS, _INVALID_CLASS = 4, 5
-
-
-def _class_table() -> bytes:
-    table = bytearray([_INVALID_CLASS]) * 256
-    for code, bases in enumerate((b"Aa", b"Cc", b"Gg", b"TtUu")):
-        for b in bases:
-            table[b] = code
-    for b in IUPAC_AMBIGUOUS + IUPAC_AMBIGUOUS.lower():
-        table[b] = _AMBIGUOUS_CLASS
-    return bytes(table)
-
-
-_CLASS_OF_BYTE = _class_table()
-_NORMALISED = bytes(ord("T") if b in b"Uu" else b - 32 if 97 <= b <= 122 else b for b in range(256))
-
-
-class SequenceError(ValueError):
-    """Bad sequence input: characters that are no base, or a length that is not whole
-    codons where whole codons are required. Names the record."""
-
-
-def normalise(seq: bytes) -> bytes:
-    """Upper case, U -> T, gaps and whitespace removed (what the tokenizer reads)."""
-    return seq.translate(_NORMALISED, REMOVED)
-
-
-@dataclass(frozen=True)
-class EncodedBatch:
-    """Sequence i is ``tokens[offsets[i]:offsets[i + 1]]`` (codon ids, no specials)."""
-
-    tokens: np.ndarray     # token_dtype, every record's codons concatenated
-    offsets: np.ndarray    # int64 [n + 1]
-    bases: np.ndarray      # int64 [n]: normalised length in bases, trailing bases included
-    invalid: np.ndarray    # bool [n]: holds a character that is neither a base nor IUPAC
-    ambiguous: np.ndarray  # int64 [n]: codons holding an IUPAC code (encoded as <unk>)
-
-    def __len__(self) -> int:
-        return len(self.bases)
-
-    @property
-    def codons(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def sequence(self, i: int) -> np.ndarray:
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
-
-    def check(self, names: Sequence[str] | None = None, whole_codons: bool = False,
-              allow_invalid: bool = False) -> None:
-        """Raise :class:`SequenceError` for the first record with a character that is no
-        base (unless ``allow_invalid``), or with trailing bases if ``whole_codons``."""
-        bad = (np.zeros(len(self), dtype=bool) if allow_invalid else self.invalid.copy())
-        if whole_codons:
-            bad |= self.bases % 3 != 0
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            what = ("a character that is not a base (A C G T U or an IUPAC code)"
-                    if self.invalid[i] and not allow_invalid else
-                    f"{self.bases[i]} bases, not a multiple of 3")
-            name = names[i] if names is not None else f"sequence {i}"
-            raise SequenceError(f"{name}: {what}")
-
-
-def _segment_counts(positions: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """How many of the sorted ``positions`` fall in each segment [ends[i-1], ends[i])."""
-    return np.bincount(np.searchsorted(ends, positions, side="right"), minlength=len(ends))[:len(ends)]
-
-
-def _encode_batch(vocab: Vocabulary, sequences, starts, ends) -> EncodedBatch:
-    if starts is None:
-        raw = [s.encode("ascii", "replace") if isinstance(s, str) else bytes(s) for s in sequences]
-        parts = [s.translate(_CLASS_OF_BYTE, REMOVED) for s in raw]
-    else:
-        parts = [sequences[a:b].translate(_CLASS_OF_BYTE, REMOVED)
-                 for a, b in zip(np.asarray(starts).tolist(), np.asarray(ends).tolist())]
-    classes = b"".join(parts)
-    bases = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-    base_ends = np.cumsum(bases)
-    c = np.frombuffer(classes, dtype=np.uint8)
-    invalid = np.zeros(len(parts), dtype=bool)
-    if classes.find(_INVALID_CLASS.to_bytes(1, "little")) >= 0:  # rare: skip the pass otherwise
-        invalid = _segment_counts(np.flatnonzero(c == _INVALID_CLASS), base_ends) > 0
-    codons = bases // 3
-    trailing = bases - 3 * codons
-    if trailing.any():  # drop trailing bases so that every record's codons line up in threes
-        n = int(trailing.sum())
-        within = np.arange(n) - np.repeat(np.cumsum(trailing) - trailing, trailing)
-        c = np.delete(c, np.repeat(base_ends - trailing, trailing) + within)
-    triples = c.reshape(-1, 3)
-    code = triples[:, 0] * 36 + triples[:, 1] * 6 + triples[:, 2]  # uint8: at most 215
-    if vocab.token_dtype == np.uint8:
-        tokens = np.frombuffer(code.tobytes().translate(vocab._codon_table.tobytes()), dtype=np.uint8)
-    else:
-        tokens = vocab._codon_table[code]
-    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
-    np.cumsum(codons, out=offsets[1:])
-    ambiguous = np.zeros(len(parts), dtype=np.int64)
-    if classes.find(_AMBIGUOUS_CLASS.to_bytes(1, "little")) >= 0:
-        unclear = np.flatnonzero((triples == _AMBIGUOUS_CLASS).any(axis=1))
-        ambiguous = _segment_counts(unclear, offsets[1:])
-    return EncodedBatch(tokens, offsets, bases, invalid, ambiguous)

@@ -110,7 +110,7 @@ def test_encode_batch_matches_a_per_character_reading():
     """The tokenizer (one table pass per batch) against a plain per-character statement of
     it: normalise (drop whitespace and gaps, upper case, U -> T), read codons from the first
     base, <unk> for any codon that is not three of A C G T, flag non-bases and IUPAC codons."""
-    from helm_scale.codon import normalise
+    from helm_scale.tokenizer import normalise
     rng = np.random.default_rng(0)
     alphabet = list("ACGTacgtUuNnRyKm -.\t\r\nXZ*>")
     raw = ["".join(rng.choice(alphabet, size=rng.integers(0, 40))) for _ in range(2000)] + ["", "ATG", "atgu"]
@@ -130,7 +130,7 @@ def test_encode_batch_matches_a_per_character_reading():
 
 
 def test_encode_batch_check_names_the_bad_record():
-    from helm_scale.codon import SequenceError
+    from helm_scale.tokenizer import SequenceError
     batch = V.encode_batch(["ATGAAA", "ATGXAA", "ATGA"])
     with pytest.raises(SequenceError, match="second: a character that is not a base"):
         batch.check(names=["first", "second", "third"])

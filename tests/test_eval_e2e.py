@@ -108,3 +108,41 @@ def test_bad_input_exits_2(argv, message, clm, mlm, dataset, tmp_path, capsys):
     args = [a.format(tmp=tmp_path, data=dataset, clm=clm, mlm=mlm) for a in argv]
     assert main(args + ["--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_evaluation_reads_raw_sequences_as_prep_does(tmp_path):
+    """One tokenizer: raw records (lower case, RNA, gaps, line breaks, N, trailing bases)
+    prepared into shards hold exactly the codons evaluation reads from the same FASTA, and
+    from the same strings handed to the function API."""
+    from collections import Counter
+
+    from data_prep.policy import RecordPolicy
+    from data_prep.prep import PrepConfig, SplitPolicy, run_prep
+    from helm_scale.codon import CODONS, STOP_CODONS, Vocabulary
+    from helm_scale.data.reader import SplitReader
+    from helm_scale.evaluate.sequences import tokenise
+    rng = np.random.default_rng(7)
+    sense = [c for c in CODONS if c not in STOP_CODONS]
+    raw = []
+    for i in range(300):
+        s = "".join(rng.choice(sense, rng.integers(1, 40)))
+        s = s.lower() if i % 5 == 1 else s.replace("T", "U") if i % 5 == 2 else s
+        s = s[:4] + "N" + s[5:] if i % 7 == 3 else s
+        cut = int(rng.integers(0, len(s) + 1))
+        raw.append(s[:cut] + rng.choice(["-", " ", ".", "\n", ""]) + s[cut:] + "ACG"[: i % 3])
+    fasta = tmp_path / "raw.fa"
+    fasta.write_text("".join(f">r{i}\n{s}\n" for i, s in enumerate(raw)))
+    out = tmp_path / "shards"
+    run_prep(PrepConfig(inputs=[str(fasta)], output=str(out), workers=1, progress=False, dedup=False,
+                        policy=RecordPolicy(frame="trim", min_codons=1, max_ambiguous_codons=99),
+                        split=SplitPolicy(val_fraction=0.2, test_fraction=0.2)))
+    prepared = Counter()
+    for split in ("train", "val", "test"):
+        reader = SplitReader(out, split)
+        prepared.update(tuple(reader.tokens(i).tolist()) for i in range(reader.num_samples))
+        reader.close()
+    assert sum(prepared.values()) == len(raw)
+    vocab = Vocabulary.default()
+    for sequences in (raw, read_sequences(fasta)):
+        rows = tokenise(sequences, vocab, max_len=1000).ids
+        assert Counter(tuple(r[1:-1].tolist()) for r in rows) == prepared

@@ -6,6 +6,7 @@ import pytest
 
 from helm_scale.evaluate.baselines.ngram import NgramLM
 from helm_scale.evaluate.sequences import EvalInputError
+from helm_scale.tokenizer import SequenceError
 
 
 def test_kneser_ney_matches_a_hand_computation():
@@ -64,7 +65,7 @@ def test_a_higher_order_model_fits_structured_sequences_better():
 def test_bad_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="order must be"):
         NgramLM(order=11, level="codon")
-    with pytest.raises(EvalInputError, match="A/C/G/T only"):
+    with pytest.raises(SequenceError, match="A/C/G/T only"):
         NgramLM(order=2).fit(["ACGN"])
     with pytest.raises(EvalInputError, match="not a saved n-gram"):
         (tmp_path / "x.npz").write_text("nope")

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from helm_scale.codon import Vocabulary
-from helm_scale.evaluate.probes.backbone import codon_ids, tokenise
 from helm_scale.evaluate.probes.tasks import find_task_files, read_task, seeded_split
-from helm_scale.evaluate.sequences import EvalInputError
+from helm_scale.evaluate.sequences import EvalInputError, tokenise
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 V = Vocabulary.default()
@@ -103,8 +102,9 @@ def test_find_task_files_walks_directories(tmp_path):
 
 
 def test_tokenise_rna_in_frame_unknown_and_cut():
-    ids = codon_ids("AUG GCN uaa GC", V)  # U -> T, spaces ignored, lower case, 2 trailing bases dropped
-    assert [V.tokens[i] for i in ids] == ["ATG", "<unk>", "TAA"]
+    rna = tokenise(["AUG GCN uaa GC"], V, max_len=10)  # U -> T, spaces ignored, lower case, 2 trailing bases dropped
+    assert [V.tokens[i] for i in rna.ids[0]] == ["<cls>", "ATG", "<unk>", "TAA", "<eos>"]
+    assert rna.unknown_codons == 1 and rna.truncated == 0
     tok = tokenise(["ATGGCTTAA", "ATG" * 10], V, max_len=6)
     assert [V.tokens[i] for i in tok.ids[0]] == ["<cls>", "ATG", "GCT", "TAA", "<eos>"]
     assert len(tok.ids[1]) == 6 and tok.ids[1][-1] != V.eos_id  # cut like training batches: no <eos>

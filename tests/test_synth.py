@@ -9,13 +9,14 @@ import pytest
 from data_prep.synth import AMINO_ACIDS, SENSE_CODONS, _usage, generate
 from helm_scale.cli import main
 from helm_scale.codon import CODONS, GENETIC_CODE
+from helm_scale.tokenizer import read_bases
 
 AMINO_ACID_OF = np.array([AMINO_ACIDS.index(GENETIC_CODE[c]) if GENETIC_CODE[c] != "*" else -1 for c in CODONS])
 
 
 def _codons(seq: str) -> np.ndarray:
-    """Codon indices of the body (between ATG and the stop)."""
-    return np.array([CODONS.index(seq[i:i + 3]) for i in range(3, len(seq) - 3, 3)])
+    """Codon indices (CODONS order) of the body (between ATG and the stop)."""
+    return read_bases([seq]).codon_index()[0][1:-1]
 
 
 def _digest(records) -> str:

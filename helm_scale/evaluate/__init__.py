@@ -7,7 +7,8 @@ By concern, one sub-package each:
     generation/  sampling (decoding: cached / recurrent or full forward) and generated-vs-real metrics
     baselines/   n-gram language models (Kneser-Ney, add-k)
     probes/      frozen-backbone probes: downstream property prediction, antibody region annotation
-    sequences.py FASTA and shard input shared by all; EvalInputError (bad input: exit 2)
+    sequences.py FASTA and shard input shared by all, tokenised by the project's tokenizer;
+                 EvalInputError (bad input: exit 2, as helm_scale.tokenizer.SequenceError)
     cli.py       the command-line convention; eval_cmd.py routes ``helm-scale eval WHAT``
 
 Function API (every name importable from ``helm_scale.evaluate``; modules load lazily):

@@ -12,7 +12,7 @@ The same thing has the same option, help and default in every command:
     --batch-size N           sequences per model forward (the probes: rows per head update)
     --device, --threads, --quiet   torch device, torch CPU threads, no progress bars
 
-Bad input (EvalInputError, a missing file) prints ``helm-scale eval WHAT: error: ...`` and
+Bad input (EvalInputError, a sequence's SequenceError, a missing file) prints ``helm-scale eval WHAT: error: ...`` and
 exits 2; commands whose result is a JSON object print it and write it to --output.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from helm_scale.evaluate.sequences import EvalInputError
+from helm_scale.tokenizer import SequenceError
 
 
 def add_export(p: argparse.ArgumentParser, what: str = "export directory (helm-scale export)") -> None:
@@ -83,7 +84,7 @@ def run_command(prog: str, body, args) -> int:
         torch.set_num_threads(args.threads)
     try:
         result = body(args)
-    except (EvalInputError, FileNotFoundError, FileExistsError) as e:
+    except (EvalInputError, SequenceError, FileNotFoundError, FileExistsError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     if not isinstance(result, dict):

@@ -1,39 +1,55 @@
-"""Nucleotide sequences in and out of evaluation: FASTA files, prepared shards, codons.
+"""Nucleotide sequences in and out of evaluation: FASTA files, prepared shards, tokens.
 
     read_sequences(path, split="test", limit=None) -> list[str]   FASTA(.gz/.zst) or a shard dir
     read_acgt(path, split="test") -> (sequences of A/C/G/T only, how many others were dropped)
     read_fasta(path) -> list[tuple[str, str]]                     (id, normalised sequence)
     write_fasta(path, records)                                    records: [(id, seq)] or [seq]
-    codons_of(seq) -> list[str]       in-frame codons from the first base, trailing bases dropped
-    is_acgt(seq) -> bool
+    tokenise(sequences, vocab, max_len) -> Tokenised              the model's input rows
 
-Sequences are normalised as ``prep`` does it (upper case, U -> T, gaps and whitespace
-removed). Only read_acgt filters by content; other callers decide what to do with N and friends.
+Evaluation reads sequences with the project's one tokenizer (helm_scale.tokenizer), as
+``prep`` reads a corpus: normalised (upper case, U -> T, gaps and whitespace removed),
+codons in frame from the first base, trailing bases dropped, a codon holding a base other
+than A/C/G/T read as <unk>. Only read_acgt filters by content; other callers decide what
+to do with N and friends.
+
+Two errors, both bad input (the commands print them and exit 2):
+helm_scale.tokenizer.SequenceError for a sequence's content (characters, length in
+codons) wherever it came from, and :class:`EvalInputError` for everything else (files,
+CSV columns and rows, options, exports).
 """
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from pathlib import Path
 
-_ACGT = re.compile(r"^[ACGT]*$")
+import numpy as np
+
+from helm_scale.tokenizer import normalise, read_bases
 
 
 class EvalInputError(ValueError):
-    """Bad input to an evaluation command: the CLI prints it and exits with code 2."""
+    """Bad input to an evaluation command other than a sequence's content (that is a
+    helm_scale.tokenizer.SequenceError): the CLI prints it and exits with code 2."""
 
 
-def is_acgt(seq: str) -> bool:
-    return bool(_ACGT.match(seq))
+@dataclass
+class Tokenised:
+    ids: list[np.ndarray]  # <cls> codons [<eos>] per sequence (int64), at most max_len
+    truncated: int         # sequences cut to max_len
+    unknown_codons: int    # codons holding a base other than A/C/G/T, now <unk>
 
 
-def codons_of(seq: str) -> list[str]:
-    """Non-overlapping codons read from the first base; a trailing partial codon is dropped."""
-    return [seq[i:i + 3] for i in range(0, len(seq) - len(seq) % 3, 3)]
+def tokenise(sequences: list[str], vocab, max_len: int) -> Tokenised:
+    """Each sequence as a model row: ``<cls> codons <eos>``, cut to ``max_len`` tokens as
+    the training batches are (a cut row has no <eos>)."""
+    from helm_scale.data.batches import with_specials
+    batch = vocab.encode_batch(sequences)
+    ids = [with_specials(batch.sequence(i), max_len, vocab) for i in range(len(batch))]
+    return Tokenised(ids, int((batch.codons + 2 > max_len).sum()), int((batch.tokens == vocab.unk_id).sum()))
 
 
 def read_fasta(path: str | Path) -> list[tuple[str, str]]:
     """(id, sequence) of every record of a FASTA file (plain, .gz or .zst)."""
-    from data_prep.policy import normalise
     from data_prep.readers import InputError, InputSpec, read_records
 
     path = Path(path)
@@ -83,7 +99,7 @@ def read_acgt(path: str | Path, split: str = "test") -> tuple[list[str], int]:
     """read_sequences without the sequences that have bases other than A, C, G, T, and how
     many those were."""
     seqs = read_sequences(path, split)
-    kept = [s for s in seqs if is_acgt(s)]
+    kept = [s for s, other in zip(seqs, read_bases(seqs).non_acgt) if not other]
     return kept, len(seqs) - len(kept)
 
 

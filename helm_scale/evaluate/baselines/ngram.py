@@ -7,7 +7,8 @@
     lm.save(path.npz); NgramLM.load(path.npz)
 
 Symbols are the 4 nucleotides (``level="nucleotide"``) or the 64 codons read in frame
-from the first base, trailing bases dropped (``level="codon"``); every sequence is
+from the first base, trailing bases dropped (``level="codon"``), as the project's tokenizer
+reads them (helm_scale.tokenizer; only A/C/G/T are taken); every sequence is
 left-padded with order-1 <bos> and ends with an <eos> that is predicted too, so a
 sequence's probability includes where it ends. Per-nucleotide perplexity is
 ``exp(total NLL / total nucleotides)``; for codons a codon is 3 nucleotides, so codon and
@@ -36,13 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from helm_scale.evaluate.sequences import EvalInputError, is_acgt
+from helm_scale.evaluate.sequences import EvalInputError
+from helm_scale.tokenizer import read_bases
 
 LEVELS = ("nucleotide", "codon")
 SMOOTHING = ("kneser-ney", "add-k")
-_BASE_CODE = np.full(256, 255, dtype=np.uint8)
-for _i, _b in enumerate(b"ACGT"):
-    _BASE_CODE[_b] = _i
 
 
 class NgramLM:
@@ -68,37 +67,29 @@ class NgramLM:
         self.trained_symbols = 0
 
     # -- symbols -----------------------------------------------------------------------
-    def symbols(self, seq: str) -> np.ndarray:
-        """Symbol ids of one sequence (nucleotides, or in-frame codons)."""
-        if not is_acgt(seq):
-            raise EvalInputError(f"n-gram models take A/C/G/T only; got a sequence with "
-                                 f"{sorted(set(seq) - set('ACGT'))[:5]}")
-        codes = _BASE_CODE[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)].astype(np.int64)
+    def symbols(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Symbol ids of every sequence (nucleotides, or in-frame codons), concatenated,
+        and where each sequence's symbols start [n + 1]."""
+        bases = read_bases(sequences)
+        bases.check_acgt("n-gram models")
         if self.level == "nucleotide":
-            return codes
-        n = len(codes) // 3
-        c = codes[: 3 * n].reshape(n, 3)
-        return 16 * c[:, 0] + 4 * c[:, 1] + c[:, 2]
+            return bases.array.astype(np.int64), bases.offsets
+        return bases.codon_index()
 
-    def nucleotides(self, seq: str) -> int:
-        """Nucleotides a sequence's score covers (codons: whole codons only)."""
-        return len(seq) if self.level == "nucleotide" else 3 * (len(seq) // 3)
-
-    def _targets(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _targets(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """All sequences padded and concatenated, the index of every predicted symbol in it
-        (each sequence's symbols and its <eos>), and the sequence each target belongs to."""
-        pad = np.full(self.order - 1, self.bos, dtype=np.int64)
-        parts, lengths = [], []
-        for seq in sequences:
-            s = self.symbols(seq)
-            parts += [pad, s, np.array([self.eos])]
-            lengths.append(len(s) + 1)
-        arr = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        lengths = np.asarray(lengths, dtype=np.int64)
+        (each sequence's symbols and its <eos>), the sequence each target belongs to, and
+        the nucleotides each sequence's score covers (codons: whole codons only)."""
+        symbols, offsets = self.symbols(sequences)
+        lengths = np.diff(offsets) + 1
         first = np.cumsum(lengths + self.order - 1) - lengths  # first target of each sequence
         seq_of = np.repeat(np.arange(len(lengths)), lengths)
         within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return arr, np.repeat(first, lengths) + within, seq_of
+        targets = np.repeat(first, lengths) + within
+        arr = np.full(int((lengths + self.order - 1).sum()), self.bos, dtype=np.int64)
+        arr[targets] = np.insert(symbols, offsets[1:], self.eos)
+        per_symbol = 1 if self.level == "nucleotide" else 3
+        return arr, targets, seq_of, per_symbol * (lengths - 1)
 
     def _keys(self, arr: np.ndarray, targets: np.ndarray) -> Iterator[np.ndarray]:
         """m-gram keys ending at every target, for m = 1..n (one array alive at a time)."""
@@ -113,7 +104,7 @@ class NgramLM:
         sequences = list(sequences)
         if not sequences:
             raise EvalInputError("cannot fit an n-gram model on no sequences")
-        arr, targets, _ = self._targets(sequences)
+        arr, targets, _, _ = self._targets(sequences)
         self.trained_symbols = len(targets)
         # Distinct m-grams of every order m >= 2; the top order with its counts.
         distinct = [np.unique(k, return_counts=m == self.order) if m > 1 or m == self.order else None
@@ -173,10 +164,10 @@ class NgramLM:
     def score(self, sequences: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         """Per sequence: total NLL in nats (every symbol and the final <eos>) and nucleotides."""
         sequences = list(sequences)
-        arr, targets, seq_of = self._targets(sequences)
+        arr, targets, seq_of, nucleotides = self._targets(sequences)
         p = self._probabilities(self._keys(arr, targets), len(targets))
         nll = np.bincount(seq_of, weights=-np.log(p), minlength=len(sequences))
-        return nll, np.array([self.nucleotides(s) for s in sequences], dtype=np.int64)
+        return nll, nucleotides
 
     def perplexity(self, sequences: Iterable[str]) -> float:
         """Per-nucleotide perplexity: exp(total NLL / total nucleotides)."""
@@ -187,7 +178,7 @@ class NgramLM:
 
     def next_distribution(self, history: str) -> np.ndarray:
         """P(next symbol | history) over the V symbols then <eos>; sums to 1."""
-        sym = self.symbols(history)
+        sym = self.symbols([history])[0]
         ctx = np.concatenate([np.full(self.order - 1, self.bos), sym])[-(self.order - 1):] \
             if self.order > 1 else np.zeros(0, np.int64)
         candidates = np.arange(self.num_symbols + 1)

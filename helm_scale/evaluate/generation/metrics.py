@@ -5,7 +5,8 @@
     gc_content(seqs) -> float               mean over sequences of the G+C fraction
     codon_usage(seqs) -> [64] frequencies   in-frame codons (CODONS order), non-ACGT skipped
     js_divergence(p, q) -> float            Jensen-Shannon divergence, base 2: 0 = same, 1 = disjoint
-    is_valid_orf(seq) -> bool               ATG first, length % 3 == 0, one stop, and it is last
+    valid_orfs(seqs) -> bool [n]            ATG first, length % 3 == 0, one stop, and it is last
+    is_valid_orf(seq) -> bool               the same for one sequence
     levenshtein(a, b) -> int                bit-parallel (Myers 1999 / Hyyrö 2001)
     diversity(seqs, max_pairs=1000, seed=0) -> float
         mean over pairs of edit distance / max(len a, len b); all pairs, or max_pairs pairs
@@ -19,7 +20,8 @@
 The Frechet distance and precision / recall compare mean-pooled last hidden states of OUR
 exported model (``scoring.embed``), not a hub model; with fewer samples than hidden units
 the covariances are singular and the distance is biased upwards: compare values computed
-with the same sample sizes.
+with the same sample sizes. Sequences are read by the project's tokenizer
+(helm_scale.tokenizer: normalised, codons in frame from the first base).
 """
 from __future__ import annotations
 
@@ -29,27 +31,26 @@ from pathlib import Path
 
 import numpy as np
 
-from helm_scale.codon import CODONS, GENETIC_CODE, STOP_CODONS
-from helm_scale.evaluate.sequences import EvalInputError, codons_of, is_acgt
+from helm_scale.codon import CODONS, GENETIC_CODE, START_CODON, STOP_CODONS
+from helm_scale.evaluate.sequences import EvalInputError
+from helm_scale.tokenizer import BASES, read_bases
 
-_CODON_INDEX = {c: i for i, c in enumerate(CODONS)}
+_STOPS = [CODONS.index(c) for c in STOP_CODONS]
 
 
 def gc_content(sequences: list[str]) -> float:
-    fractions = [(s.count("G") + s.count("C")) / len(s) for s in sequences if s]
-    if not fractions:
+    bases = read_bases(sequences)
+    lengths = bases.lengths
+    if not lengths.any():
         raise EvalInputError("GC content of no nucleotides")
-    return float(np.mean(fractions))
+    is_gc = np.isin(bases.array, [BASES.index("G"), BASES.index("C")])
+    gc = np.bincount(np.repeat(np.arange(len(bases)), lengths), weights=is_gc, minlength=len(bases))
+    return float(np.mean(gc[lengths > 0] / lengths[lengths > 0]))
 
 
 def codon_counts(sequences: list[str]) -> np.ndarray:
-    counts = np.zeros(64, dtype=np.int64)
-    for s in sequences:
-        for c in codons_of(s):
-            i = _CODON_INDEX.get(c)
-            if i is not None:
-                counts[i] += 1
-    return counts
+    index, _ = read_bases(sequences).codon_index()
+    return np.bincount(index[index >= 0], minlength=64)
 
 
 def codon_usage(sequences: list[str]) -> np.ndarray:
@@ -69,11 +70,20 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return max(0.0, 0.5 * kl(p) + 0.5 * kl(q))
 
 
+def valid_orfs(sequences: list[str]) -> np.ndarray:
+    bases = read_bases(sequences)
+    index, offsets = bases.codon_index()
+    n = len(bases)
+    first, last = np.full(n, -1), np.full(n, -1)
+    some = np.flatnonzero(np.diff(offsets) > 0)
+    first[some], last[some] = index[offsets[some]], index[offsets[some + 1] - 1]
+    stops = np.bincount(np.repeat(np.arange(n), np.diff(offsets)), weights=np.isin(index, _STOPS), minlength=n)
+    return ((bases.lengths >= 6) & (bases.lengths % 3 == 0) & ~bases.non_acgt
+            & (first == CODONS.index(START_CODON)) & np.isin(last, _STOPS) & (stops == 1))
+
+
 def is_valid_orf(seq: str) -> bool:
-    if len(seq) < 6 or len(seq) % 3 or not seq.startswith("ATG") or not is_acgt(seq):
-        return False
-    codons = codons_of(seq)
-    return codons[-1] in STOP_CODONS and not any(c in STOP_CODONS for c in codons[:-1])
+    return bool(valid_orfs([seq])[0])
 
 
 def levenshtein(a: str, b: str) -> int:
@@ -178,8 +188,8 @@ def generation_metrics(generated: list[str], reference: list[str], exported=None
         "n_generated": len(generated), "n_reference": len(reference),
         "gc_content": {"generated": gc_gen, "reference": gc_ref, "difference": gc_gen - gc_ref},
         "codon_usage_js_divergence": js_divergence(gen_usage, ref_usage),
-        "valid_orf_fraction": {"generated": float(np.mean([is_valid_orf(s) for s in generated])),
-                               "reference": float(np.mean([is_valid_orf(s) for s in reference]))},
+        "valid_orf_fraction": {"generated": float(np.mean(valid_orfs(generated))),
+                               "reference": float(np.mean(valid_orfs(reference)))},
         "mean_length_nt": {"generated": float(np.mean([len(s) for s in generated])),
                            "reference": float(np.mean([len(s) for s in reference]))},
         "diversity": {"generated": diversity(generated, max_pairs, seed) if len(generated) > 1 else None,

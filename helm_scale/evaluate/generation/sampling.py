@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from helm_scale.evaluate.generation.decoding import decoder_for
 from helm_scale.evaluate.lm.scoring import is_causal
-from helm_scale.evaluate.sequences import EvalInputError, codons_of, is_acgt
+from helm_scale.evaluate.sequences import EvalInputError
+from helm_scale.tokenizer import SequenceError
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def filter_logits(logits: torch.Tensor, allowed: torch.Tensor, temperature: floa
     return z
 
 
-def _check(exported, temperature, top_k, top_p, prefix: str, max_codons) -> tuple[list[str], int]:
+def _check(exported, temperature, top_k, top_p, prefix: str, max_codons) -> tuple[list[int], int]:
+    """(the prefix's codon ids, the codon limit), or an error naming the bad argument."""
     if not is_causal(exported):
         raise EvalInputError("generation needs a causal (CLM) model; this export is bidirectional (MLM)")
     if not temperature > 0:
@@ -74,19 +76,18 @@ def _check(exported, temperature, top_k, top_p, prefix: str, max_codons) -> tupl
         raise EvalInputError(f"--top-k must be >= 0 (0: off), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise EvalInputError(f"--top-p must be in (0, 1], got {top_p}")
-    prefix = prefix.upper().replace("U", "T")
-    if len(prefix) % 3 or not is_acgt(prefix):
-        raise EvalInputError(f"--prefix must be whole codons of A/C/G/T, got {prefix!r}")
+    read = exported.vocab.encode_batch([prefix])
+    if read.bases[0] % 3 or read.invalid[0] or read.ambiguous[0]:
+        raise SequenceError(f"--prefix must be whole codons of A/C/G/T, got {prefix!r}")
     cfg = exported.config
     limit = cfg.model.max_seq_len - 1  # <cls> + codons fill the positions; the last predicts <eos>
     wanted = max_codons if max_codons is not None else min(cfg.data.seq_len - 2, limit)
     if not 1 <= wanted <= limit:
         raise EvalInputError(f"--max-codons must be in [1, {limit}] for this model "
                              f"(max_seq_len {cfg.model.max_seq_len}), got {wanted}")
-    prefix_codons = codons_of(prefix)
-    if len(prefix_codons) >= wanted:
-        raise EvalInputError(f"the prefix has {len(prefix_codons)} codons, not fewer than --max-codons {wanted}")
-    return prefix_codons, wanted
+    if len(read.tokens) >= wanted:
+        raise EvalInputError(f"the prefix has {len(read.tokens)} codons, not fewer than --max-codons {wanted}")
+    return read.tokens.tolist(), wanted
 
 
 @torch.no_grad()
@@ -96,12 +97,12 @@ def generate_records(exported, n: int, temperature: float = 1.0, top_k: int | No
     if n < 1 or batch_size < 1:
         raise EvalInputError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
     prefix_codons, max_codons = _check(exported, temperature, top_k, top_p, prefix, max_codons)
-    prefix = "".join(prefix_codons)
     vocab, model = exported.vocab, exported.model
+    prefix = vocab.decode(prefix_codons)
     device = next(model.parameters()).device
     allowed = allowed_tokens(vocab, exported.config.model.padded_vocab_size).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    start = [vocab.cls_id] + [vocab.index[c] for c in prefix_codons]
+    start = [vocab.cls_id] + prefix_codons
     out: list[Generated] = []
     bar = tqdm(total=n, desc="generating", unit="seq", disable=not progress)
     for first in range(0, n, batch_size):

@@ -30,7 +30,8 @@ import random
 import numpy as np
 from tqdm.auto import tqdm
 
-from helm_scale.evaluate.sequences import EvalInputError, is_acgt
+from helm_scale.evaluate.sequences import EvalInputError
+from helm_scale.tokenizer import read_bases
 
 KINDS = ("insert", "delete", "substitute", "swap")
 _BASES = "ACGT"
@@ -83,9 +84,7 @@ def mutation_detection(score_fn, sequences: list[str], edits=(1, 5, 10), kinds=K
     """Accuracy of preferring each real sequence over its edited copies (see module doc)."""
     if not sequences:
         raise EvalInputError("no sequences for the mutation task")
-    bad = [i for i, s in enumerate(sequences) if not is_acgt(s)]
-    if bad:
-        raise EvalInputError(f"{len(bad)} sequences have bases other than A/C/G/T (first: #{bad[0]}); filter them")
+    read_bases(sequences).check_acgt("mutation detection")
     edits, kinds = tuple(int(e) for e in edits), tuple(kinds)
     tasks = [(i, kind, k) for i in range(len(sequences)) for kind in kinds for k in edits]
     mutants = [mutate(sequences[i], kind, k, random.Random(f"{seed}:{i}:{kind}:{k}"))

@@ -4,10 +4,10 @@
     sequence_nll(exported, sequences, batch_size=16) -> (nll [n], nucleotides [n])   CLM only
     embed(exported, sequences, batch_size=16) -> np.ndarray [n, hidden]   mean-pooled hidden states
 
-Tokenisation is the loader's: codons read in frame from the first base (trailing bases
-dropped, a codon with a non-ACGT base becomes <unk>), ``<cls> codons <eos>``, and a
-sequence longer than ``max_len`` tokens is cut to ``<cls>`` + its first max_len - 1 codons
-with no ``<eos>``. ``sequence_nll`` sums -log p of every codon and of the final <eos> (when
+Tokenisation is prep's and the loader's (helm_scale.evaluate.sequences.tokenise): codons
+read in frame from the first base (trailing bases dropped, a codon with a non-ACGT base
+becomes <unk>), ``<cls> codons <eos>``, and a sequence longer than ``max_len`` tokens is
+cut to ``<cls>`` + its first max_len - 1 codons with no ``<eos>``. ``sequence_nll`` sums -log p of every codon and of the final <eos> (when
 it fits) under the model's softmax over the whole padded vocabulary, the training loss's
 normaliser; ``nucleotides`` counts the scored codons x 3, so
 ``exp(nll.sum() / nucleotides.sum())`` is the per-nucleotide perplexity.
@@ -18,18 +18,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from helm_scale.evaluate.sequences import EvalInputError, codons_of
+from helm_scale.evaluate.sequences import EvalInputError, tokenise
 
 
 def encode(vocab, sequences: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = []
-    for seq in sequences:
-        ids = [vocab.cls_id, *(vocab.index.get(c, vocab.unk_id) for c in codons_of(seq)), vocab.eos_id]
-        rows.append(ids[:max_len])
+    rows = tokenise(sequences, vocab, max_len).ids
     width = max((len(r) for r in rows), default=1)
     out = torch.full((len(rows), width), vocab.pad_id, dtype=torch.long)
     for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        out[i, : len(r)] = torch.from_numpy(r)
     return out, torch.tensor([len(r) for r in rows], dtype=torch.long)
 
 

@@ -1,8 +1,8 @@
 """Antibody region annotation with a frozen backbone: one IMGT region per codon.
 
 Input: a CSV with a nucleotide sequence column and a per-nucleotide label string of the
-same length (``annotation/antibody_regions.csv``: 0 FR1, 1 CDR1, 2 FR2, 3 CDR2, 4 FR3,
-5 CDR3, 6 FR4). Codons are read in frame from the first base; a codon's label is the
+same length (gaps and whitespace, which the tokenizer drops, are no nucleotides;
+``annotation/antibody_regions.csv``: 0 FR1, 1 CDR1, 2 FR2, 3 CDR2, 4 FR3, 5 CDR3, 6 FR4). Codons are read in frame from the first base; a codon's label is the
 majority of its three nucleotides' labels (all three different: the first nucleotide's),
 or with ``--label-rule first`` always the first nucleotide's. The model's last hidden
 state of each codon feeds a per-token head (``linear``, or ``conv``: width 5, 64
@@ -23,6 +23,7 @@ import numpy as np
 from helm_scale.evaluate import cli
 from helm_scale.evaluate.probes.tasks import pick_column, seeded_split
 from helm_scale.evaluate.sequences import EvalInputError
+from helm_scale.tokenizer import normalise
 
 LABEL_COLUMNS = ("region_labels_nt", "region_labels", "labels", "label")
 SEQUENCE_COLUMNS = ("sequence", "Sequence", "sequence_alignment", "seq", "cds")
@@ -77,8 +78,9 @@ def read_annotation(path, sequence_column=None, label_column=None, limit=None):
             if len(row) != len(header):
                 raise EvalInputError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
             seq, lab = row[si].strip(), row[li].strip()
-            if len(seq) != len(lab):
-                raise EvalInputError(f"{path}:{line}: sequence has {len(seq)} nucleotides but "
+            nucleotides = len(normalise(seq.encode("ascii", "replace")))  # as the tokenizer reads them
+            if nucleotides != len(lab):
+                raise EvalInputError(f"{path}:{line}: sequence has {nucleotides} nucleotides but "
                                  f"{len(lab)} labels")
             if len(seq) < 3:
                 raise EvalInputError(f"{path}:{line}: sequence shorter than one codon")

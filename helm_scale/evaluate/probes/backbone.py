@@ -1,10 +1,9 @@
 """A frozen exported model as a feature extractor: sequences in, hidden states out.
 
-Sequences are tokenised the way the corpus was (codons in frame from the first base,
-RNA U -> T, trailing bases dropped, a codon with any non-ACGT base -> ``<unk>``,
-``<cls> codons <eos>``, cut to the model's length like the training batches), run through
-the model once in length-sorted batches, and kept in memory as one zero-padded tensor:
-every probe and every seed reuses them.
+Sequences are tokenised the way the corpus was (helm_scale.evaluate.sequences.tokenise:
+the project's tokenizer, ``<cls> codons <eos>``, cut to the model's length like the
+training batches), run through the model once in length-sorted batches, and kept in
+memory as one zero-padded tensor: every probe and every seed reuses them.
 """
 from __future__ import annotations
 
@@ -15,43 +14,7 @@ import torch
 from tqdm import tqdm
 
 from helm_scale.codon import Vocabulary
-from helm_scale.data.batches import with_specials
-
-# Byte -> base index: A C G T = 0..3, U reads as T, anything else 4 (an ambiguous base).
-_BASE_INDEX = np.full(256, 4, dtype=np.int64)
-for _i, _b in enumerate("ACGT"):
-    _BASE_INDEX[ord(_b)] = _BASE_INDEX[ord(_b.lower())] = _i
-_BASE_INDEX[ord("U")] = _BASE_INDEX[ord("u")] = 3
-
-
-def codon_ids(sequence: str, vocab: Vocabulary) -> np.ndarray:
-    """Token ids of the in-frame codons (no specials); trailing bases are dropped."""
-    raw = np.frombuffer("".join(sequence.split()).encode("ascii", "replace"), dtype=np.uint8)
-    bases = _BASE_INDEX[raw]
-    n = len(bases) // 3
-    triples = bases[: 3 * n].reshape(n, 3)
-    ambiguous = (triples > 3).any(axis=1)
-    index = (16 * triples[:, 0] + 4 * triples[:, 1] + triples[:, 2]).clip(0, 63)
-    ids = vocab.codon_lookup[index]
-    ids[ambiguous] = vocab.unk_id
-    return ids
-
-
-@dataclass
-class Tokenised:
-    ids: list[np.ndarray]  # <cls> codons [<eos>] per sequence, at most max_len
-    truncated: int         # sequences cut to the model's length
-    unknown_codons: int    # codons with a non-ACGT base, now <unk>
-
-
-def tokenise(sequences: list[str], vocab: Vocabulary, max_len: int) -> Tokenised:
-    ids, truncated, unknown = [], 0, 0
-    for seq in sequences:
-        codons = codon_ids(seq, vocab)
-        unknown += int((codons == vocab.unk_id).sum())
-        truncated += len(codons) + 2 > max_len
-        ids.append(with_specials(codons, max_len, vocab))
-    return Tokenised(ids, truncated, unknown)
+from helm_scale.evaluate.sequences import Tokenised, tokenise
 
 
 @dataclass
