@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import platform
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from helm_scale.codon import Vocabulary, helm_tree
+from helm_scale.durable import temp_path, write_atomic
 from helm_scale.shard_format import DEFAULT_CHUNK_BYTES, FORMAT, MANIFEST, SPLITS
 from helm_scale.tokenizer import normalise
 
@@ -33,6 +35,9 @@ from .policy import KEPT, REJECT_REASONS, RecordPolicy, process_batch
 from .readers import InputError, InputSpec, RecordBatch, TrackedFile, detect_format, discover, read_batches
 
 INCOMPLETE_MARKER = ".prep-incomplete"
+# What prep writes at the top of its output directory (the manifest's temporary name too:
+# a run killed while committing it leaves that behind).
+OUR_FILES = (MANIFEST, temp_path(MANIFEST).name, "rejects.jsonl", INCOMPLETE_MARKER)
 # Level 7 (lazy matching) makes antibody tokens 0.83x the size level 3 gives (natural CDSs:
 # 1.0x, they are near their entropy) and still compresses ~150-400 MB/s of tokens.
 DEFAULT_ZSTD_LEVEL = 7
@@ -134,7 +139,7 @@ def prepare_output(cfg: PrepConfig) -> bool:
     if not out.exists():
         out.mkdir(parents=True)
         return True
-    ours = {MANIFEST, "rejects.jsonl", INCOMPLETE_MARKER, *SPLITS}
+    ours = {*OUR_FILES, *SPLITS}
     present = {p.name for p in out.iterdir()}
     if present - ours:
         raise InputError(str(out), None, f"output directory holds files prep did not write "
@@ -148,7 +153,7 @@ def prepare_output(cfg: PrepConfig) -> bool:
 
 
 def _remove_ours(out: Path) -> None:
-    for name in (MANIFEST, "rejects.jsonl", INCOMPLETE_MARKER):
+    for name in OUR_FILES:
         (out / name).unlink(missing_ok=True)
     for split in SPLITS:
         shutil.rmtree(out / split, ignore_errors=True)
@@ -226,7 +231,7 @@ def _prep_into(cfg: PrepConfig, files: list[Path], vocab: Vocabulary, pool: _Poo
     rejects.write(Path(cfg.output) / "rejects.jsonl")
     manifest = _manifest(cfg, vocab, inputs, tallies, split_summaries)
     manifest["run"] = {"workers": cfg.workers, "seconds": round(time.perf_counter() - started, 3)}
-    shards.write_json_atomic(Path(cfg.output) / MANIFEST, manifest)
+    write_atomic(Path(cfg.output) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
 import tarfile
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -14,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
+from helm_scale.durable import commit_file, temp_path
 from helm_scale.shard_format import encode_chunk, sample_key, shard_name
-
-PARTIAL_SUFFIX = ".partial"
 
 
 class _HashingFile:
@@ -75,8 +72,8 @@ def encode_columns(chunk: ChunkColumns, level: int) -> tuple[dict, int, int]:
 
 
 class ShardWriter:
-    """One shard being written: chunks appended in order to ``path.partial``; ``close``
-    fsyncs and renames it into place. Deterministic (fixed mtime, owner and member
+    """One shard being written: chunks appended in order to a hidden temporary sibling
+    (helm_scale.durable.temp_path); ``close`` commits it (fsync, rename, fsync the directory). Deterministic (fixed mtime, owner and member
     order), so the same chunks always give the same bytes and the same checksum.
 
     Written with tarfile directly (webdataset's TarWriter adds only the naming we do
@@ -87,9 +84,9 @@ class ShardWriter:
     def __init__(self, out_dir: str, path: str, first_index: int):
         self.final = Path(out_dir) / path
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.partial = self.final.with_name(self.final.name + PARTIAL_SUFFIX)
+        self.temp = temp_path(self.final)
         self.record = ShardRecord(path, 0, 0, 0, "", sample_key(first_index))
-        self._file = open(self.partial, "wb")
+        self._file = open(self.temp, "wb")
         self._hashing = _HashingFile(self._file)
         self._tar = tarfile.TarFile(fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT)
 
@@ -111,16 +108,14 @@ class ShardWriter:
     def close(self) -> ShardRecord:
         self._hashing.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))  # end of archive ...
         self._tar.closed = True  # ... without TarFile.close()'s record padding
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self.partial, self.final)
+        commit_file(self.temp, self.final)
         self.record.bytes, self.record.sha256 = self._hashing.size, self._hashing.sha.hexdigest()
         return self.record
 
     def abandon(self) -> None:
         self._file.close()
-        self.partial.unlink(missing_ok=True)
+        self.temp.unlink(missing_ok=True)
 
 
 class SplitWriter:
@@ -209,16 +204,3 @@ class SplitWriter:
         return {"samples": self.samples, "tokens": self.tokens,
                 "shards": [asdict(s) for s in self.shards]}
 
-
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            sha.update(block)
-    return sha.hexdigest()
-
-
-def write_json_atomic(path, payload: dict) -> None:
-    tmp = Path(str(path) + PARTIAL_SUFFIX)
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)

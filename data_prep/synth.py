@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from helm_scale.codon import CODONS, GENETIC_CODE, START_CODON, STOP_CODONS
+from helm_scale.durable import commit_file, temp_path
 
 # Homo sapiens codon usage, per thousand codons (Kazusa codon usage database), in the
 # ACGT order of helm_scale.codon.CODONS.
@@ -148,9 +149,9 @@ def _apply_defect(seq: bytes, defect, rng, previous) -> bytes:
 
 
 def write_fasta(path: Path, records, line_width: int = 80) -> int:
-    """Writes atomically (a .partial file renamed at the end); .gz output carries no
-    name or time in its header, so the same records give the same bytes."""
-    n, tmp = 0, path.with_name(path.name + ".partial")
+    """Writes atomically (helm_scale.durable: a temporary sibling committed at the end);
+    .gz output carries no name or time in its header, so the same records give the same bytes."""
+    n, tmp = 0, temp_path(path)
     with open(tmp, "wb") as raw:
         # Level 6, not gzip's default 9: several times faster, a few % larger.
         out = (gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6)
@@ -160,7 +161,7 @@ def write_fasta(path: Path, records, line_width: int = 80) -> int:
                 lines = "\n".join(seq[i:i + line_width] for i in range(0, len(seq), line_width))
                 out.write(f">{record_id}\n{lines}\n".encode())
                 n += 1
-    tmp.replace(path)
+    commit_file(tmp, path)
     return n
 
 

@@ -13,13 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from helm_scale.codon import Vocabulary
 import numpy as np
 
+from helm_scale.codon import Vocabulary
+from helm_scale.durable import is_temp, sha256_file
 from helm_scale.shard_format import (CHUNK_MEMBER, ShardError, chunk_table, decode_chunk, decode_meta,
                                      read_manifest)
 
-from . import shards
 from .dedup import SeenHashes
 from .policy import content_hashes
 
@@ -40,7 +40,7 @@ def verify(dataset_dir, progress: bool = False) -> list[str]:
     listed = {s["path"] for split in manifest["splits"].values() for s in split["shards"]}
     for f in root.rglob("*"):
         rel = f.relative_to(root).as_posix()
-        if f.name.endswith(shards.PARTIAL_SUFFIX):
+        if is_temp(f.name):
             problems.append(f"{rel}: half-written file left behind")
         elif f.suffix == ".tar" and rel not in listed:
             problems.append(f"{rel}: shard not listed in the manifest")
@@ -68,7 +68,7 @@ def _check_shard(root: Path, record: dict, dtype: str, vocab_size: int, seen, ne
         return [f"{record['path']}: missing"]
     if path.stat().st_size != record["bytes"]:
         problems.append(f"{record['path']}: {path.stat().st_size} bytes, manifest says {record['bytes']}")
-    if shards.file_sha256(path) != record["sha256"]:
+    if sha256_file(path) != record["sha256"]:
         problems.append(f"{record['path']}: sha256 differs from the manifest (corrupted or replaced)")
     table = chunk_table(record).tolist()
     n_chunks = n_samples = n_tokens = 0

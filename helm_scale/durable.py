@@ -2,8 +2,10 @@
 directory commits. Used by checkpoints, exports and prep; imports nothing of ours.
 
     sha256_file(path) -> hex digest, read in 4 MiB blocks
+    temp_path(path) -> Path         the hidden sibling ``.NAME.tmp`` a file is written as
+    is_temp(name) -> bool           whether a file name is such a sibling (left by a crash)
     commit_file(tmp, path)          fsync ``tmp``, rename it to ``path``, fsync the directory
-    write_atomic(path, text_or_bytes)   the same through a hidden sibling ``.NAME.tmp``
+    write_atomic(path, text_or_bytes)   write the temp_path, then commit_file
     commit_dir(staging, final)      fsync every file under ``staging``, rename it to ``final``
     with staged_dir(final) as tmp:  a sibling directory committed as ``final`` when the block
                                     ends, removed if it raises
@@ -40,6 +42,15 @@ def fsync_path(path) -> None:
         os.close(fd)
 
 
+def temp_path(path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+def is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def commit_file(tmp, path) -> None:
     fsync_path(tmp)
     os.replace(tmp, path)
@@ -47,8 +58,7 @@ def commit_file(tmp, path) -> None:
 
 
 def write_atomic(path, data: str | bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     commit_file(tmp, path)
 

@@ -11,6 +11,7 @@ from data_prep.policy import RecordPolicy
 from data_prep.readers import InputError, InputSpec
 from data_prep.synth import generate, write_fasta
 from data_prep.verify import verify
+from helm_scale.durable import temp_path
 from tests.prep_reference import expected_outcome, read_dataset, read_fasta
 
 SHARD_BYTES = 6_000  # small, so a few hundred records make several shards ...
@@ -175,10 +176,12 @@ def test_existing_output_is_refused_then_overwritten(corpus, tmp_path):
     run_prep(_cfg([corpus], out))
     with pytest.raises(InputError, match="finished dataset"):
         run_prep(_cfg([corpus], out))
-    (out / "manifest.json").unlink()  # as if killed before the manifest was written
+    # As if killed while committing the manifest: its temporary copy is ours too.
+    (out / "manifest.json").rename(temp_path(out / "manifest.json"))
     with pytest.raises(InputError, match="interrupted"):
         run_prep(_cfg([corpus], out))
     assert verify_ok(run_prep(_cfg([corpus], out, overwrite=True)), out)
+    assert not temp_path(out / "manifest.json").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(InputError, match="did not write"):
@@ -198,7 +201,7 @@ def test_verify_reports_corruption_missing_and_stray_files(corpus, tmp_path):
     data[1500] ^= 0xFF
     (out / shards[0]).write_bytes(bytes(data))
     (out / shards[1]).unlink()
-    (out / "train" / "shard-999999.tar.partial").write_bytes(b"x")
+    temp_path(out / "train" / "shard-999999.tar").write_bytes(b"x")  # a shard writer killed mid-way
     problems = "\n".join(verify(out))
     assert f"{shards[0]}: sha256 differs" in problems and f"{shards[1]}: missing" in problems
     assert "half-written" in problems
