@@ -30,6 +30,7 @@ Prints tables and writes benchmarks/results/loader_throughput_cpu.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -138,6 +139,8 @@ def throughput_pass(dataset: Path, args) -> list[dict]:
     from helm_scale.data import LoaderConfig, build_loader
     rows = []
     for name, kw in VARIANTS.items():
+        # The loader's own config, not LoaderConfig.from_data: --baseline runs this script
+        # over older revisions, which have only this (other fields: DataConfig's defaults).
         base = LoaderConfig(str(dataset), micro_batch_size=args.micro_batch, seq_len=args.seq_len,
                             num_workers=0, **kw)
         started = time.perf_counter()
@@ -145,7 +148,7 @@ def throughput_pass(dataset: Path, args) -> list[dict]:
         build_s = time.perf_counter() - started
         epoch = list(reference)  # the same batches, kept in memory for the ceiling
         for workers in (0, 1, 2):
-            loader = build_loader(LoaderConfig(**{**base.__dict__, "num_workers": workers}))
+            loader = build_loader(dataclasses.replace(base, num_workers=workers))
             for kind, source in (("streaming", lambda: loader),
                                  ("in-memory", in_memory(epoch, args.micro_batch, workers))):
                 rows.append({"variant": name, "loader": kind, "workers": workers,

@@ -214,10 +214,13 @@ def _synthetic_batch(rows: int, seq: int, objective: str) -> dict:
 
 
 def _corpus_batches(dataset: str, rows: int, seq: int, objective: str, pack: bool, count: int) -> list[dict]:
-    """The first ``count`` micro-batches our loader makes of a prepared dataset."""
-    from helm_scale.data import LoaderConfig, build_loader
-    loader = build_loader(LoaderConfig(dataset, objective=objective, seq_len=seq, micro_batch_size=rows,
-                                       pack=pack, pad_to_multiple_of=0 if pack else 8, num_workers=0))
+    """The first ``count`` micro-batches the trainer's loader makes of a prepared dataset
+    (a job's data section with these settings, and the default job seed)."""
+    from helm_scale.data import DataConfig, LoaderConfig, build_loader
+    from helm_scale.parallel import ParallelConfig
+    data = DataConfig(dataset_dir=dataset, objective=objective, seq_len=seq, micro_batch_size=rows, pack=pack,
+                      pad_to_multiple_of=0 if pack else 8, num_workers=0)
+    loader = build_loader(LoaderConfig.from_data(data, ParallelConfig().seed))
     batches = [batch for batch, _ in zip(loader, range(count))]
     if len(batches) < count:
         raise SystemExit(f"{dataset}: fewer than {count} micro-batches of {rows} rows")

@@ -14,32 +14,11 @@ from pathlib import Path
 
 from helm_scale.codon import Vocabulary
 from helm_scale.config_io import ConfigError, load_config
+from helm_scale.data.config import DataConfig
 from helm_scale.losses import LossConfig
 from helm_scale.models.config import PLAIN_ONLY, ModelConfig
 from helm_scale.parallel import OptimizerConfig, ParallelConfig
 from helm_scale.shard_format import MANIFEST, read_manifest
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset_dir: str = ""
-    objective: str = "clm"            # "clm" | "mlm"
-    seq_len: int = 444
-    micro_batch_size: int = 8
-    pack: bool = False
-    pad_to_multiple_of: int = 0       # k > 0: batches end at their longest row, rounded up to k
-    shuffle_window: int = 1 << 16
-    mask_prob: float = 0.15
-    mask_replace_ratios: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    num_workers: int = 1
-    eval_split: str = "val"
-    global_batch_size: int | None = None  # if set, must equal micro x accumulation x DP
-
-    def __post_init__(self):
-        if self.objective not in ("clm", "mlm"):
-            raise ValueError(f"objective must be 'clm' or 'mlm', got {self.objective!r}")
-        if self.pad_to_multiple_of < 0:
-            raise ValueError("pad_to_multiple_of must be >= 0 (0: every batch seq_len wide)")
 
 
 @dataclass(frozen=True)

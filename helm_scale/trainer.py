@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from helm_scale.config_io import ConfigError, save_config
+from helm_scale.data.batches import model_inputs
 from helm_scale.losses import check_targets_in_vocabulary, global_token_count
 from helm_scale.train_config import TrainConfig, load_train_config
 
@@ -43,19 +44,6 @@ def lr_at(step: int, peak: float, cfg) -> float:
     span = max(cfg.max_steps - cfg.warmup_steps, 1)
     progress = min((step - cfg.warmup_steps) / span, 1.0)
     return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def model_inputs(batch: dict, pack: bool, objective: str) -> dict:
-    """Only what the attention needs: packed rows need segments; padded CLM rows need
-    nothing (causal attention never reaches the right padding, and SDPA keeps its flash
-    kernels); padded MLM rows hide their padding. A batch without position or segment ids
-    (full rows of one sequence each, as benchmarks make) gets default positions, no mask."""
-    inputs = {"input_ids": batch["input_ids"], "position_ids": batch.get("position_ids")}
-    if pack:
-        inputs["segment_ids"] = batch["segment_ids"]
-    elif objective == "mlm" and "segment_ids" in batch:
-        inputs["padding_mask"] = batch["segment_ids"] == 0
-    return inputs
 
 
 def _to(batch: dict, device) -> dict:
@@ -87,7 +75,7 @@ def optimizer_step(engine, loss_fn, batches: list[dict], state, pack: bool, obje
     share = 1.0 / tokens.clamp_min(1.0)  # no target token anywhere: zero loss and gradient
     sums = {}
     for batch in batches:
-        logits = engine(**model_inputs(batch, pack, objective))
+        logits = engine(**model_inputs(batch, pack, mask_padding=objective == "mlm"))
         out = loss_fn(logits, batch["labels"], batch["loss_mask"], group=state.loss_group,
                       check_targets=False)
         engine.backward(out.loss_sum * share.to(out.loss_sum.dtype))
@@ -130,12 +118,7 @@ class Trainer:
         self.loss_fn = build_loss(cfg.loss, self.vocab, cfg.model.padded_vocab_size)
         # True codon cross-entropy for perplexity, whatever the training objective.
         self.xe_fn = build_loss(LossConfig(name="xe"), self.vocab, cfg.model.padded_vocab_size)
-        d = cfg.data
-        self.loader_cfg = LoaderConfig(
-            dataset_dir=d.dataset_dir, split="train", objective=d.objective, seq_len=d.seq_len,
-            micro_batch_size=d.micro_batch_size, seed=cfg.parallel.seed, shuffle_window=d.shuffle_window,
-            pack=d.pack, pad_to_multiple_of=d.pad_to_multiple_of, mask_prob=d.mask_prob,
-            mask_replace_ratios=tuple(d.mask_replace_ratios), num_workers=d.num_workers)
+        self.loader_cfg = LoaderConfig.from_data(cfg.data, cfg.parallel.seed)
         self.loader = build_loader(self.loader_cfg, self.state.dp_rank, self.state.dp_size)
         self.step, self.input_tokens, self.saved_step = 0, 0, None
         # The log window: device sums since the last log line, and its number of steps.
@@ -198,13 +181,11 @@ class Trainer:
     def evaluate(self) -> dict | None:
         """Loss, perplexity (true codon cross-entropy), per-level HXE terms and accuracies on
         the first eval_batches micro-batches per rank of the eval split, in manifest order."""
-        from dataclasses import replace
-
         from helm_scale.data import build_loader
         from helm_scale.losses.metrics import metric_means, perplexity
         try:
-            loader = build_loader(replace(self.loader_cfg, split=self.cfg.data.eval_split, shuffle=False,
-                                          num_workers=0), self.state.dp_rank, self.state.dp_size)
+            loader = build_loader(self.loader_cfg.for_evaluation(self.cfg.data.eval_split),
+                                  self.state.dp_rank, self.state.dp_size)
         except ValueError as e:  # e.g. a split smaller than one global batch
             self.log.line(f"eval skipped: {e}")
             return None
@@ -214,7 +195,8 @@ class Trainer:
             if i == self.cfg.run.eval_batches:
                 break
             batch = _to(batch, self.state.device)
-            logits = self.engine(**model_inputs(batch, self.cfg.data.pack, self.cfg.data.objective))
+            data = self.cfg.data
+            logits = self.engine(**model_inputs(batch, data.pack, mask_padding=data.objective == "mlm"))
             _add(xe, self.xe_fn(logits.float(), batch["labels"], batch["loss_mask"], group=self.state.loss_group).sums)
             _add(sums, self.loss_fn(logits, batch["labels"], batch["loss_mask"], group=self.state.loss_group).sums)
         self.engine.train()

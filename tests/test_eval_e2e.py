@@ -90,9 +90,9 @@ def test_embeddings_are_mean_pooled_hidden_states(clm):
     exported = load_exported(clm)
     seqs = ["ATGAAATAA", "ATGCCCGGGTTTTAA"]
     pooled = embed(exported, seqs)
-    ids, lengths = encode(exported.vocab, seqs[1:], 64)
-    hidden = exported.model.hidden_states(ids).detach().double().numpy()[0]
-    assert np.allclose(pooled[1], hidden[: int(lengths[0])].mean(0))
+    batch = encode(exported.vocab, seqs[1:], 64)
+    hidden = exported.model.hidden_states(batch["input_ids"]).detach().double().numpy()[0]
+    assert np.allclose(pooled[1], hidden[: int(batch["segment_ids"][0].sum())].mean(0))
 
 
 @pytest.mark.parametrize("argv, message", [

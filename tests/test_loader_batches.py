@@ -292,3 +292,35 @@ def test_length_buckets_group_similar_lengths_and_resume_exactly(small_dataset):
     state = build_loader(_cfg(small_dataset)).state_dict()
     with pytest.raises(ValueError, match="length_bucket"):
         reference.load_state_dict(state)
+
+
+def test_the_loader_is_built_from_a_jobs_data_section():
+    """LoaderConfig.from_data takes every setting it shares with DataConfig (each set here
+    away from its default, so a missed one shows), the two default alike, a bad
+    data.length_bucket is refused when the YAML loads, and evaluation reads in order."""
+    from helm_scale.config_io import ConfigError
+    from helm_scale.data import DataConfig
+    from helm_scale.data.loader import _shared_fields
+    from helm_scale.train_config import load_train_config
+    data = load_train_config(None, [
+        "data.dataset_dir=d", "data.objective=mlm", "data.seq_len=128", "data.micro_batch_size=3",
+        "data.pack=false", "data.pad_to_multiple_of=8", "data.length_bucket=6", "data.shuffle_window=99",
+        "data.mask_prob=0.2", "data.mask_replace_ratios=[0.8, 0.1, 0.1]", "data.num_workers=0"]).data
+    assert set(_shared_fields()) >= {"dataset_dir", "objective", "seq_len", "micro_batch_size", "pack",
+                                     "pad_to_multiple_of", "length_bucket", "shuffle_window", "mask_prob",
+                                     "mask_replace_ratios", "num_workers"}
+    cfg, defaults, bare = LoaderConfig.from_data(data, 7, split="val"), DataConfig(), LoaderConfig("d")
+
+    def value(c, name):
+        v = getattr(c, name)
+        return tuple(v) if isinstance(v, list) else v
+    for name in _shared_fields():
+        assert value(cfg, name) == value(data, name)
+        assert name == "pack" or value(data, name) != value(defaults, name)
+        assert value(bare, name) == value(defaults, name) or name == "dataset_dir"  # one source of defaults
+    assert cfg.mask_replace_ratios == (0.8, 0.1, 0.1) and (cfg.split, cfg.seed) == ("val", 7)
+    ev = cfg.for_evaluation("test")
+    assert (ev.split, ev.shuffle, ev.length_bucket, ev.num_workers) == ("test", False, 0, 0)
+    assert (ev.micro_batch_size, ev.pad_to_multiple_of, ev.seed) == (3, 8, 7)
+    with pytest.raises(ConfigError, match="length_bucket"):
+        load_train_config(None, ["data.pack=true", "data.length_bucket=8"])

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from helm_scale.codon import Vocabulary
+from helm_scale.data import model_inputs
 from helm_scale.losses import LossConfig, build_loss, global_token_count
 from helm_scale.models.config import ModelConfig, pad_vocab
 from helm_scale.models.tp_transformer import TensorParallelTransformer
@@ -55,9 +56,7 @@ def make_batch(step: int, micro: int, packed: bool, padded: bool) -> dict:
         if end < SEQ:
             segments[r, end:], mask[r, end:], ids[r, end:] = 0, 0.0, VOCAB.pad_id
     return dict(input_ids=ids, targets=targets, loss_mask=mask,
-                position_ids=positions if packed else None,
-                segment_ids=segments if packed else None,
-                padding_mask=(segments == 0) if padded and not packed else None)
+                position_ids=positions if packed else None, segment_ids=segments)
 
 
 def train(model_cfg: ModelConfig, pcfg: ParallelConfig, *, packed=False, padded=False,
@@ -77,8 +76,7 @@ def train(model_cfg: ModelConfig, pcfg: ParallelConfig, *, packed=False, padded=
                    for micro in range(pcfg.accumulation_steps)]
         tokens = global_token_count([b["loss_mask"] for b in batches], state.dp_group)
         for batch in batches:  # the step objective: the token mean over the global batch
-            logits = engine(batch["input_ids"], batch["position_ids"], batch["segment_ids"],
-                            batch["padding_mask"])
+            logits = engine(**model_inputs(batch, packed, mask_padding=padded))
             result = loss_fn(logits, batch["targets"], batch["loss_mask"], group=state.loss_group)
             share = result.loss_sum / tokens.float()
             engine.backward(share)
@@ -224,7 +222,7 @@ def _saved_activation_numel(cfg: ModelConfig, pcfg: ParallelConfig) -> int:
     batch = make_batch(0, 0, packed=True, padded=False)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        engine(batch["input_ids"], batch["position_ids"], batch["segment_ids"], None)
+        engine(**model_inputs(batch, pack=True, mask_padding=False))
     return sum(saved)
 
 

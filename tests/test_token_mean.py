@@ -126,12 +126,12 @@ def _one_step_gradients(rank, world, dataset, run_root):
 def _reference_gradient(kind: str, run: dict) -> dict:
     """d/dw of sum(CE over the 8 rows' target tokens) / (their count), plain PyTorch."""
     from helm_scale.models.registry import build_model
-    from helm_scale.trainer import model_inputs
+    from helm_scale.data import model_inputs
     objective, pack, _ = KINDS[kind]
     model = build_model(run["model"])
     model.load_state_dict(run["init"])
     batch = global_batch(kind)
-    logits = model(**model_inputs(batch, pack, objective))
+    logits = model(**model_inputs(batch, pack, mask_padding=objective == "mlm"))
     mask = batch["loss_mask"].reshape(-1).float()
     per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1).clamp_min(0),
                                 reduction="none")

@@ -19,6 +19,10 @@ most seq_len): the columns past every row's end would be padding only.
 
 A sequence longer than ``seq_len`` is cut to ``<cls>`` + its first ``seq_len - 1``
 codons with no ``<eos>``, so the model is never told a cut sequence has ended.
+
+:func:`model_inputs` turns a batch into a model's keyword arguments (for the trainer and
+evaluation alike); :func:`pad_rows` makes a batch of this format from rows built outside
+the loader (evaluation's raw sequences).
 """
 from __future__ import annotations
 
@@ -251,6 +255,33 @@ class Collator:
             codon = np.minimum((pick * 64).astype(np.int64), 63)
             masked[randomise] = self.vocab.codon_lookup[codon[randomise]]
         return masked, labels
+
+
+def pad_rows(rows: list[np.ndarray], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows of one sequence each (e.g. :func:`with_specials`') as an unpacked batch:
+    input_ids padded on the right with ``pad_id`` to the longest row, segment_ids 1 on
+    tokens and 0 on padding."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    real = np.arange(max(int(lengths.max(initial=0)), 1))[None] < lengths[:, None]
+    ids = np.full(real.shape, pad_id, dtype=np.int64)
+    ids[real] = np.concatenate(rows) if rows else []
+    return {"input_ids": torch.from_numpy(ids), "segment_ids": torch.from_numpy(real.astype(np.int64))}
+
+
+def model_inputs(batch: dict, pack: bool = False, *, mask_padding: bool) -> dict:
+    """A batch's keyword arguments for a model (helm_scale.models.base.LanguageModel):
+    input_ids, position_ids (None where the batch has none: the model counts 0, 1, ...)
+    and only what the attention needs. Packed rows: their segment_ids. Unpacked rows with
+    ``mask_padding``: a padding_mask (segment 0). Causal rows padded on the right need no
+    mask (attention never reaches the right padding, and SDPA keeps its flash kernels), so
+    the trainer passes ``mask_padding`` for bidirectional (MLM) models only. A batch without
+    segment ids (full rows of one sequence each, as benchmarks make) gets no mask."""
+    inputs = {"input_ids": batch["input_ids"], "position_ids": batch.get("position_ids")}
+    if pack:
+        inputs["segment_ids"] = batch["segment_ids"]
+    elif mask_padding and batch.get("segment_ids") is not None:
+        inputs["padding_mask"] = batch["segment_ids"] == 0
+    return inputs
 
 
 def block_attention_mask(segment_ids: torch.Tensor, causal: bool) -> torch.Tensor:

@@ -20,11 +20,12 @@ to the int64 tensors of the batch dict in the main process.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -36,33 +37,33 @@ from helm_scale.codon import Vocabulary
 from helm_scale.shard_format import read_manifest
 
 from .batches import Collator, MaskingSpec, unpack_batch
+from .config import DataConfig
 from .order import EpochOrder, RowPlan
 from .reader import SplitReader, check_manifest
 
 STATE_VERSION = 1
+_DATA = DataConfig()  # a job's data section: its defaults are the loader's (one source)
 
 
 @dataclass(frozen=True)
 class LoaderConfig:
+    """Build it from a training job's data section with :meth:`from_data`; the settings it
+    shares with DataConfig (helm_scale.data.config) mean and default the same there."""
+
     dataset_dir: str
     split: str = "train"
-    objective: str = "clm"              # "clm" | "mlm"
-    seq_len: int = 444                  # HELM's maximum, specials included
-    micro_batch_size: int = 128
-    seed: int = 0
+    objective: str = _DATA.objective
+    seq_len: int = _DATA.seq_len
+    micro_batch_size: int = _DATA.micro_batch_size
+    seed: int = 0                       # a job's: parallel.seed
     shuffle: bool = True                # False: manifest order (evaluation)
-    shuffle_window: int = 1 << 16       # samples per shuffle window: the shuffle buffer
-    pack: bool = False                  # several sequences per row
-    # k > 0 (unpacked rows): within each shuffle window, runs of k rows of similar length
-    # in random order (see order.EpochOrder), so that pad_to_multiple_of cuts more padding.
-    # Set k to the global batch (micro_batch_size x dp_size); 0: off.
-    length_bucket: int = 0
-    # 0: every batch seq_len wide. k > 0: cut at the batch's longest row, rounded up to a
-    # multiple of k, so unpacked rows of short sequences skip most of their padding.
-    pad_to_multiple_of: int = 0
-    mask_prob: float = 0.15
-    mask_replace_ratios: tuple[float, float, float] = (1.0, 0.0, 0.0)  # (0.8, 0.1, 0.1): BERT
-    num_workers: int = 2
+    shuffle_window: int = _DATA.shuffle_window
+    pack: bool = _DATA.pack
+    length_bucket: int = _DATA.length_bucket  # runs of similar length (see order.EpochOrder)
+    pad_to_multiple_of: int = _DATA.pad_to_multiple_of
+    mask_prob: float = _DATA.mask_prob
+    mask_replace_ratios: tuple[float, float, float] = _DATA.mask_replace_ratios
+    num_workers: int = _DATA.num_workers
     prefetch_factor: int = 4            # batches in flight per worker
     pin_memory: bool | str = "auto"     # "auto": when CUDA is available
     # Decompressed chunks (~1 MiB each) kept per worker. None: enough for the two shuffle
@@ -75,13 +76,23 @@ class LoaderConfig:
     vocabulary: Vocabulary = field(default_factory=Vocabulary.default)
 
     def __post_init__(self):
-        if self.seq_len < 3 or self.micro_batch_size < 1 or self.num_workers < 0 or self.pad_to_multiple_of < 0:
-            raise ValueError("need seq_len >= 3, micro_batch_size >= 1, num_workers >= 0, pad_to_multiple_of >= 0")
+        DataConfig(**{name: getattr(self, name) for name in _shared_fields()})  # a job's rules
         if self.seed < 0:
             raise ValueError("seed must be >= 0")
-        if self.length_bucket < 0 or (self.length_bucket and self.pack):
-            raise ValueError("length_bucket must be >= 0, and 0 with pack (packing fills rows instead)")
         MaskingSpec(self.mask_prob, tuple(self.mask_replace_ratios))  # validates
+
+    @classmethod
+    def from_data(cls, data: DataConfig, seed: int, split: str = "train", **changes) -> "LoaderConfig":
+        """The loader of a job's data section (every field of both; the job's seed is
+        ``parallel.seed``), with ``changes`` to any field on top."""
+        shared = {name: getattr(data, name) for name in _shared_fields()}
+        shared["mask_replace_ratios"] = tuple(shared["mask_replace_ratios"])  # YAML gives a list
+        return cls(**{**shared, "split": split, "seed": seed, **changes})
+
+    def for_evaluation(self, split: str) -> "LoaderConfig":
+        """The same batches of ``split`` in manifest order (no shuffle, no length buckets),
+        read in the main process: what the trainer's and the intrinsic evaluation read."""
+        return replace(self, split=split, shuffle=False, length_bucket=0, num_workers=0)
 
     def order_settings(self, dataset_id: str) -> dict:
         """What fixes the global row order: a resumed run must agree on all of it."""
@@ -89,6 +100,13 @@ class LoaderConfig:
                 "shuffle": self.shuffle, "shuffle_window": self.shuffle_window,
                 "pack": self.pack, "seq_len": self.seq_len if self.pack else None,
                 "length_bucket": self.length_bucket}
+
+
+@functools.cache
+def _shared_fields() -> tuple[str, ...]:
+    """The settings of both LoaderConfig and DataConfig: a job's data section sets them."""
+    ours = {f.name for f in fields(LoaderConfig)}
+    return tuple(f.name for f in fields(DataConfig) if f.name in ours)
 
 
 class _MicroBatches(Dataset):

@@ -3,8 +3,9 @@
     evaluate_intrinsic(exported, shard_dir, split="test", max_batches=None,
                        micro_batch_size=16, seq_len=None, progress=True) -> dict
 
-The batches are the training loader's (``helm_scale.data.build_loader`` at dp_rank 0 of
-1, manifest order, unpacked rows, MLM masks from the training seed) and the losses are
+The batches are the training loader's (``LoaderConfig.from_data`` of the export's data
+section, ``for_evaluation``: manifest order; unpacked rows seq_len wide, MLM masks from
+the training seed, dp_rank 0 of 1) and the losses are
 the trainer's (``build_loss(config.loss)`` for the training objective with its per-level
 HXE terms, and plain cross-entropy for perplexity), run on one device with no process
 group. Every sample of the split is seen once: the loader drops an epoch's last partial
@@ -29,20 +30,12 @@ from tqdm.auto import tqdm
 from helm_scale.evaluate.sequences import EvalInputError
 
 
-def _inputs(batch: dict, objective: str) -> dict:
-    # As the trainer feeds an unpacked batch: causal rows padded on the right need no mask.
-    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-    if objective == "mlm":
-        inputs["padding_mask"] = batch["segment_ids"] == 0
-    return inputs
-
-
 def _loaders(cfg, dataset_dir: str, split: str, micro_batch_size: int, seq_len: int):
     from helm_scale.data import LoaderConfig, build_loader
-    d = cfg.data
-    base = LoaderConfig(dataset_dir=str(dataset_dir), split=split, objective=d.objective, seq_len=seq_len,
-                        micro_batch_size=micro_batch_size, seed=cfg.parallel.seed, shuffle=False, pack=False,
-                        mask_prob=d.mask_prob, mask_replace_ratios=tuple(d.mask_replace_ratios), num_workers=0)
+    # Rows seq_len wide whatever training's pad_to_multiple_of: cutting the padding
+    # columns moves the metrics in their 8th digit, and they should not depend on it.
+    base = LoaderConfig.from_data(cfg.data, cfg.parallel.seed, dataset_dir=str(dataset_dir), seq_len=seq_len,
+                                  pack=False, pad_to_multiple_of=0).for_evaluation(split)
     try:
         rows = build_loader(replace(base, micro_batch_size=1)).rows_in_epoch(0)
         first = build_loader(replace(base, micro_batch_size=min(micro_batch_size, rows)))
@@ -62,6 +55,7 @@ def _loaders(cfg, dataset_dir: str, split: str, micro_batch_size: int, seq_len: 
 def evaluate_intrinsic(exported, shard_dir, split: str = "test", max_batches: int | None = None,
                        micro_batch_size: int = 16, seq_len: int | None = None,
                        progress: bool = True) -> dict:
+    from helm_scale.data import model_inputs
     from helm_scale.losses import LossConfig, build_loss, metric_means
 
     cfg = exported.config
@@ -86,7 +80,7 @@ def evaluate_intrinsic(exported, shard_dir, split: str = "test", max_batches: in
             if done == total:
                 break
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = exported.model(**_inputs(batch, objective)).float()
+            logits = exported.model(**model_inputs(batch, mask_padding=objective == "mlm")).float()
             labels, mask = batch["labels"], batch["loss_mask"]
             for acc, fn in ((sums, loss_fn), (xe, xe_fn)):
                 for k, v in fn(logits, labels, mask).sums.items():

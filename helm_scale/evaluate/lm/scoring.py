@@ -1,6 +1,6 @@
 """An exported model applied to raw nucleotide sequences: likelihoods and embeddings.
 
-    encode(vocab, sequences, max_len) -> (input_ids [n, L] padded with <pad>, lengths [n])
+    encode(vocab, sequences, max_len) -> batch: input_ids [n, L] padded with <pad>, segment_ids (0: padding)
     sequence_nll(exported, sequences, batch_size=16) -> (nll [n], nucleotides [n])   CLM only
     embed(exported, sequences, batch_size=16) -> np.ndarray [n, hidden]   mean-pooled hidden states
 
@@ -18,16 +18,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from helm_scale.data.batches import model_inputs, pad_rows
 from helm_scale.evaluate.sequences import EvalInputError, tokenise
 
 
-def encode(vocab, sequences: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = tokenise(sequences, vocab, max_len).ids
-    width = max((len(r) for r in rows), default=1)
-    out = torch.full((len(rows), width), vocab.pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.from_numpy(r)
-    return out, torch.tensor([len(r) for r in rows], dtype=torch.long)
+def encode(vocab, sequences: list[str], max_len: int) -> dict[str, torch.Tensor]:
+    """The sequences as an unpacked batch of the loader's format (helm_scale.data.batches)."""
+    return pad_rows(tokenise(sequences, vocab, max_len).ids, vocab.pad_id)
 
 
 def is_causal(exported) -> bool:
@@ -41,16 +38,11 @@ def _batches(sequences: list[str], batch_size: int, desc: str, progress: bool):
     return tqdm(chunks, desc=desc, unit="batch", disable=not progress or len(chunks) < 2, leave=False)
 
 
-def _model_inputs(exported, ids: torch.Tensor) -> dict:
-    # Causal rows padded on the right need no mask; bidirectional ones must hide the padding.
-    inputs = {"input_ids": ids}
-    if not is_causal(exported):
-        inputs["padding_mask"] = ids == exported.vocab.pad_id
-    return inputs
-
-
-def _device(exported) -> torch.device:
-    return next(exported.model.parameters()).device
+def _encoded(exported, sequences: list[str]) -> tuple[dict, dict]:
+    """(the batch on the export's device, the model's keyword arguments for it)."""
+    device = next(exported.model.parameters()).device
+    batch = {k: v.to(device) for k, v in encode(exported.vocab, sequences, exported.config.model.max_seq_len).items()}
+    return batch, model_inputs(batch, mask_padding=not is_causal(exported))
 
 
 @torch.no_grad()
@@ -60,19 +52,16 @@ def sequence_nll(exported, sequences: list[str], batch_size: int = 16,
     if not is_causal(exported):
         raise EvalInputError("sequence likelihoods need a causal (CLM) model; this export is "
                              "bidirectional (MLM)")
-    vocab, max_len = exported.vocab, exported.config.model.max_seq_len
     nll, nt = np.zeros(len(sequences)), np.zeros(len(sequences), dtype=np.int64)
-    device = _device(exported)
     for idx in _batches(sequences, batch_size, "scoring", progress):
-        ids, lengths = encode(vocab, [sequences[i] for i in idx], max_len)
-        ids = ids.to(device)
-        logits = exported.model(**_model_inputs(exported, ids)).float()
+        batch, inputs = _encoded(exported, [sequences[i] for i in idx])
+        logits = exported.model(**inputs).float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = ids[:, 1:]
+        targets = batch["input_ids"][:, 1:]
         token_logp = logp.gather(-1, targets[..., None]).squeeze(-1)
-        valid = torch.arange(targets.shape[1], device=device)[None] < (lengths.to(device)[:, None] - 1)
+        valid = batch["segment_ids"][:, 1:] > 0  # every token after <cls>: each is predicted
         nll[idx] = (-(token_logp * valid).sum(dim=1)).double().cpu().numpy()
-        codons = (valid & (targets != vocab.eos_id)).sum(dim=1)
+        codons = (valid & (targets != exported.vocab.eos_id)).sum(dim=1)
         nt[idx] = 3 * codons.cpu().numpy()
     return nll, nt
 
@@ -80,14 +69,11 @@ def sequence_nll(exported, sequences: list[str], batch_size: int = 16,
 @torch.no_grad()
 def embed(exported, sequences: list[str], batch_size: int = 16, progress: bool = False) -> np.ndarray:
     """Mean over each sequence's tokens (<cls>, codons, <eos>) of the model's last hidden states."""
-    vocab, max_len = exported.vocab, exported.config.model.max_seq_len
-    device = _device(exported)
     out = None
     for idx in _batches(sequences, batch_size, "embedding", progress):
-        ids, lengths = encode(vocab, [sequences[i] for i in idx], max_len)
-        ids = ids.to(device)
-        hidden = exported.model.hidden_states(**_model_inputs(exported, ids)).double()
-        keep = (torch.arange(ids.shape[1], device=device)[None] < lengths.to(device)[:, None]).double()
+        batch, inputs = _encoded(exported, [sequences[i] for i in idx])
+        hidden = exported.model.hidden_states(**inputs).double()
+        keep = (batch["segment_ids"] > 0).double()
         pooled = (hidden * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
         if out is None:
             out = np.zeros((len(sequences), pooled.shape[1]))

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from helm_scale.codon import Vocabulary
+from helm_scale.data.batches import model_inputs, pad_rows
 from helm_scale.evaluate.sequences import Tokenised, tokenise
 
 
@@ -72,13 +73,11 @@ class Backbone:
             while start < n:
                 longest = int(lengths[order[start]])
                 rows = order[start:start + max(1, self.batch_tokens // longest)]
-                batch = torch.full((len(rows), longest), self.vocab.pad_id, dtype=torch.long)
-                for r, i in enumerate(rows):
-                    batch[r, : len(ids[i])] = torch.from_numpy(ids[i])
-                padding = batch == self.vocab.pad_id
-                hidden = self.model.hidden_states(batch.to(self.device),
-                                                  padding_mask=padding.to(self.device)).float().cpu()
-                hidden = hidden.masked_fill(padding[..., None], 0.0)
+                batch = pad_rows([ids[i] for i in rows], self.vocab.pad_id)
+                # Padding masked for causal models too (it changes none of their real states).
+                inputs = model_inputs({k: v.to(self.device) for k, v in batch.items()}, mask_padding=True)
+                hidden = self.model.hidden_states(**inputs).float().cpu()
+                hidden = hidden.masked_fill(batch["segment_ids"][..., None] == 0, 0.0)
                 for r, i in enumerate(rows):
                     k = len(ids[i])
                     tokens[i, :k] = hidden[r, :k].half()
