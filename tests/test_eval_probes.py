@@ -16,7 +16,8 @@ from helm_scale.evaluate.probes.heads import (
     train_token_head,
 )
 from helm_scale.evaluate.probes.scores import spearman
-from tests.eval_utils import one_torch_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _split(n):

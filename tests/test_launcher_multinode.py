@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from tests.torchrun_utils import kill_job, losses
-from tests.train_fixtures import synthetic_dataset  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +100,7 @@ def _wait_for_step(run_dir: Path, step: int, procs: list[subprocess.Popen], time
 
 
 @pytest.fixture(scope="module")
-def reference(synthetic_dataset, tmp_path_factory):  # noqa: F811
+def reference(synthetic_dataset, tmp_path_factory):
     """An uninterrupted two-node job: its run directory."""
     run_dir = tmp_path_factory.mktemp("two-nodes") / "run"
     codes = _wait(_two_nodes(run_dir, synthetic_dataset), timeout=300)
@@ -122,7 +121,7 @@ def test_two_launchers_make_one_two_node_job(reference):
     assert sorted(losses(reference)) == list(range(1, STEPS + 1))
 
 
-def test_killed_worker_restarts_resumes_and_ends_as_uninterrupted(reference, synthetic_dataset, tmp_path):  # noqa: F811
+def test_killed_worker_restarts_resumes_and_ends_as_uninterrupted(reference, synthetic_dataset, tmp_path):
     run_dir = tmp_path / "run"
     procs = _two_nodes(run_dir, synthetic_dataset)
     try:
@@ -139,7 +138,7 @@ def test_killed_worker_restarts_resumes_and_ends_as_uninterrupted(reference, syn
     assert losses(run_dir) == losses(reference)
 
 
-def test_a_hung_worker_ends_the_job_within_the_collective_timeout(synthetic_dataset, tmp_path):  # noqa: F811
+def test_a_hung_worker_ends_the_job_within_the_collective_timeout(synthetic_dataset, tmp_path):
     run_dir, console = tmp_path / "run", tmp_path / "console.log"
     proc = _launch(["local", "--nproc-per-node", "2", "--max-restarts", "0", "--stop-grace", "2",
                     "--collective-timeout", "5"], run_dir, synthetic_dataset, console)
@@ -197,7 +196,7 @@ def test_collective_failure_on_a_real_gloo_timeout():
     assert line and line.startswith("rank 0: all_reduce timed out after 2 s: another rank is hung or dead")
 
 
-def test_deepspeed_target_trains_on_one_local_host(synthetic_dataset, tmp_path):  # noqa: F811
+def test_deepspeed_target_trains_on_one_local_host(synthetic_dataset, tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("localhost slots=2\n")
     run_dir = tmp_path / "run"
