@@ -13,11 +13,7 @@ from helm_scale.cli import main
 from helm_scale.codon import CODONS
 from helm_scale.evaluate.probes.annotation import codon_labels
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 
 
 @pytest.fixture(scope="module")

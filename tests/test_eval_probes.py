@@ -17,8 +17,6 @@ from helm_scale.evaluate.probes.heads import (
 )
 from helm_scale.evaluate.probes.scores import spearman
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def _split(n):
     idx = np.random.default_rng(0).permutation(n)

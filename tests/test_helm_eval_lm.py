@@ -8,8 +8,6 @@ from benchmarks import helm_eval_lm
 from helm_scale.cli import main as helm_scale
 from tests.eval_utils import tiny_dataset, tiny_export
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 HELM = ["python", "-m", "helm_scale.cli"]
 
 

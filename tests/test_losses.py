@@ -49,13 +49,17 @@ def test_flat_tree_alpha_zero_is_cross_entropy_scaled_by_node_count():
     assert tree.num_nodes == len(VOCAB) + 1
 
 
+# fast_mode compares the gradient with finite differences along random directions (a few
+# forwards); the whole Jacobian, one finite difference per logit (~1,000 forwards, ~8 CPU-s
+# each), runs with the slow tests.
+@pytest.mark.parametrize("fast_mode", [True, pytest.param(False, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", ["hxe+aa", "soft"])
-def test_gradcheck_float64(name):
+def test_gradcheck_float64(name, fast_mode):
     logits, targets, mask = make_batch(seed=4, shape=(1, 7))
     loss_fn = build_loss(LossConfig(name, alpha=0.6), VOCAB, PADDED)
     loss_fn.reusable_backward = True  # gradcheck runs backward twice on one graph
     z = logits.clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: loss_fn(x, targets, mask).loss, (z,))
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, targets, mask).loss, (z,), fast_mode=fast_mode)
 
 
 def test_level_terms_add_up_to_hxe_and_metrics_agree_across_objectives():
@@ -150,7 +154,6 @@ def test_configuration_is_validated():
         fn(logits, targets[:, :3], mask[:, :3])
     with pytest.raises(ValueError, match="padded vocabulary"):
         build_loss(LossConfig(), VOCAB, len(VOCAB) - 1)
-
 
 
 def test_blocked_vocabulary_layout_matches_brute_force():

@@ -18,8 +18,6 @@ from helm_scale.models.mamba import MambaLM, selective_scan
 from helm_scale.models.registry import build_model, num_parameters
 from tests.eval_utils import tiny_export
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 SMALL = {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "ffn_hidden_size": 48, "max_seq_len": 64}
 
 
