@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dist_utils import free_port, run_ranks
 from tests.torchrun_utils import kill_job, losses
 
 pytestmark = pytest.mark.slow
@@ -27,12 +27,6 @@ SHORT = [f"schedule.max_steps={STEPS}", "schedule.warmup_steps=2", "run.log_inte
          "data.seq_len=64", "data.num_workers=0"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(target_args: list[str], run_dir: Path, dataset: str, console: Path, overrides=()) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "helm_scale.cli", "launch", *target_args, TINY,
@@ -42,7 +36,7 @@ def _launch(target_args: list[str], run_dir: Path, dataset: str, console: Path, 
 
 
 def _two_nodes(run_dir: Path, dataset: str) -> list[subprocess.Popen]:
-    port = _free_port()
+    port = free_port()
     return [_launch(["torchrun", "--nnodes", "2", "--node-rank", str(rank), "--rdzv-endpoint", f"127.0.0.1:{port}",
                      "--rdzv-id", run_dir.name, "--nproc-per-node", "1", "--max-restarts", "2",
                      "--stop-grace", "10", "--collective-timeout", "60"],
@@ -191,7 +185,6 @@ def _timeout_on_a_hung_peer(rank, world_size):
 
 
 def test_collective_failure_on_a_real_gloo_timeout():
-    from tests.dist_utils import run_ranks
     line, _ = run_ranks(_timeout_on_a_hung_peer, 2)
     assert line and line.startswith("rank 0: all_reduce timed out after 2 s: another rank is hung or dead")
 
@@ -200,7 +193,7 @@ def test_deepspeed_target_trains_on_one_local_host(synthetic_dataset, tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("localhost slots=2\n")
     run_dir = tmp_path / "run"
-    proc = _launch(["deepspeed", "--hostfile", str(hostfile), "--master-port", str(_free_port())], run_dir,
+    proc = _launch(["deepspeed", "--hostfile", str(hostfile), "--master-port", str(free_port())], run_dir,
                    synthetic_dataset, tmp_path / "console.log", ["parallel.backend=deepspeed", "parallel.zero_stage=1", "run.checkpoint_interval=0"])
     assert _wait([proc], timeout=300) == [0], (tmp_path / "console.log").read_text()[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == STEPS
