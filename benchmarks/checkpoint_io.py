@@ -8,8 +8,8 @@ engine. Size is the committed directory on disk. Weights + moments are 12 bytes 
 parameter in fp32, so the floor is 12 x N bytes.
 
 Usage:
-  python benchmarks/checkpoint_io.py                                  # CPU, 2 ranks, HELM-50M
-  python benchmarks/checkpoint_io.py --config configs/helm_1b.yaml --procs 1 --backends ddp zero1   # GPU
+  python -m benchmarks.checkpoint_io                                  # CPU, 2 ranks, HELM-50M
+  python -m benchmarks.checkpoint_io --config configs/helm_1b.yaml --procs 1 --backends ddp zero1   # GPU
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from benchmarks.results_io import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from results_io import write_results  # noqa: E402  (beside this script)
 
 BACKENDS = {
     "ddp": ["parallel.backend=ddp"],

@@ -9,7 +9,7 @@ grow with the corpus (it is not extrapolated). The other stages are linear in th
 number of sequences (one pass; prep's dedup is O(n log n) but its sorted merge is a
 small part), which is what the extrapolation assumes.
 
-    python benchmarks/corpus_scale.py [--records 1000000] [--workers 2] [--keep DIR]
+    python -m benchmarks.corpus_scale [--records 1000000] [--workers 2] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.results_io import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from results_io import write_results  # noqa: E402  (beside this script)
 HELM_SEQUENCES = 15_000_000
 CLI = [sys.executable, "-m", "helm_scale.cli"]
 
@@ -72,8 +72,8 @@ def main() -> int:
         stages[-1]["bytes"] = tree_bytes(shards)
         stages.append(run_stage("verify", CLI + ["verify", str(shards), "--quiet"], work / "verify.log"))
         stages.append(run_stage("loader start-up", [sys.executable, "-c",
-                                "import json, sys; sys.path.insert(0, 'benchmarks'); "
-                                "from loader_throughput import startup; "
+                                "import json; "
+                                "from benchmarks.loader_throughput import startup; "
                                 f"print(json.dumps(startup({str(shards)!r})))"], work / "startup.log"))
         stages[-1]["detail"] = json.loads((work / "startup.log").read_text().strip().splitlines()[-1])
         stages.append(run_stage("train", CLI + ["train", "configs/tiny.yaml", f"data.dataset_dir={shards}",

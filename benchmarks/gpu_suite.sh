@@ -38,11 +38,11 @@ else
 fi
 failed=0
 
-bench() {  # bench NAME SCRIPT ARGS...: one benchmark, its output kept beside its JSON
-  local name=${tag}_$1 script=$2
+bench() {  # bench NAME MODULE ARGS...: one benchmark, its output kept beside its JSON
+  local name=${tag}_$1 module=$2
   shift 2
-  echo "== $name: python $script $*"
-  python "$script" "$@" --out "$results/$name.json" 2>&1 | grep -v -e Warning -e warnings.warn \
+  echo "== $name: python -m $module $*"
+  python -m "$module" "$@" --out "$results/$name.json" 2>&1 | grep -v -e Warning -e warnings.warn \
     | tee "$results/$name.log"
   [ "${PIPESTATUS[0]}" = 0 ] || { echo "!! $name failed"; failed=1; }
   # packed after every run, so a call cut off at its time limit still brings back the rest
@@ -53,21 +53,21 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 case $part in
   50m)
     for objective in clm mlm; do
-      bench "train_50m_${objective}" benchmarks/train_throughput.py "${size_50m[@]}" --bf16 --objective $objective \
+      bench "train_50m_${objective}" benchmarks.train_throughput "${size_50m[@]}" --bf16 --objective $objective \
         --profile
-      bench "train_50m_${objective}_compiled" benchmarks/train_throughput.py "${size_50m[@]}" --bf16 \
+      bench "train_50m_${objective}_compiled" benchmarks.train_throughput "${size_50m[@]}" --bf16 \
         --objective $objective --compile --profile
       # HELM's other backbones beside the eager transformer (pure PyTorch: no mamba-ssm kernels)
-      bench "train_50m_${objective}_backbones" benchmarks/train_throughput.py "${size_50m[@]}" --bf16 \
+      bench "train_50m_${objective}_backbones" benchmarks.train_throughput "${size_50m[@]}" --bf16 \
         --objective $objective --backbones mamba hyena
     done ;;
   1b)
-    bench train_1b_recompute benchmarks/train_throughput.py --config $config_1b "${size_1b[@]}" --bf16 \
+    bench train_1b_recompute benchmarks.train_throughput --config $config_1b "${size_1b[@]}" --bf16 \
       --activation-checkpointing --compile
-    bench train_1b_compiled benchmarks/train_throughput.py --config $config_1b "${size_1b[@]}" --bf16 --compile
-    bench train_1b benchmarks/train_throughput.py --config $config_1b "${size_1b[@]}" --bf16 ;;
+    bench train_1b_compiled benchmarks.train_throughput --config $config_1b "${size_1b[@]}" --bf16 --compile
+    bench train_1b benchmarks.train_throughput --config $config_1b "${size_1b[@]}" --bf16 ;;
   io)
-    bench checkpoint_io_1b benchmarks/checkpoint_io.py --config $config_1b --procs 1 --backends ddp zero1 ;;
+    bench checkpoint_io_1b benchmarks.checkpoint_io --config $config_1b --procs 1 --backends ddp zero1 ;;
   corpus)
     shopt -s nullglob
     fastas=("${CORPUS_DIR:-.data}"/*.fasta.gz)
@@ -75,9 +75,9 @@ case $part in
     for fasta in "${fastas[@]}"; do
       name=$(basename "$fasta" .fasta.gz)
       python -m helm_scale.cli prep "$fasta" --frame trim -o "/tmp/corpus_$name" --overwrite --quiet || exit 1
-      bench "train_50m_${name}_packed" benchmarks/train_throughput.py "${size_corpus[@]}" --bf16 --compile \
+      bench "train_50m_${name}_packed" benchmarks.train_throughput "${size_corpus[@]}" --bf16 --compile \
         --dataset "/tmp/corpus_$name" --layout packed --batch $rows_packed
-      bench "train_50m_${name}_padded" benchmarks/train_throughput.py "${size_corpus[@]}" --bf16 --compile \
+      bench "train_50m_${name}_padded" benchmarks.train_throughput "${size_corpus[@]}" --bf16 --compile \
         --dataset "/tmp/corpus_$name" --layout padded --batch $rows_padded
     done ;;
   *) echo "unknown part $part: 50m, 1b, io or corpus"; exit 2 ;;

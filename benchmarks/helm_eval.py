@@ -15,10 +15,10 @@ configs/compare/{mamba,hyena}.yaml: with XE, and with hxe.yaml's loss section (t
 side), then evaluated like the pair (downstream, annotation, language-model metrics).
 
 Usage:
-  python benchmarks/helm_eval.py                 # the full run (~30 min training, ~30 min eval)
-  python benchmarks/helm_eval.py --random-baseline   # ... plus the untrained network for reference
-  python benchmarks/helm_eval.py --backbones mamba hyena   # ... plus Mamba and Hyena, XE and HXE
-  python benchmarks/helm_eval.py --quick         # a smoke test of the pipeline (minutes;
+  python -m benchmarks.helm_eval                 # the full run (~30 min training, ~30 min eval)
+  python -m benchmarks.helm_eval --random-baseline   # ... plus the untrained network for reference
+  python -m benchmarks.helm_eval --backbones mamba hyena   # ... plus Mamba and Hyena, XE and HXE
+  python -m benchmarks.helm_eval --quick         # a smoke test of the pipeline (minutes;
                                                  # writes helm_eval_quick.*, numbers meaningless)
 """
 from __future__ import annotations
@@ -36,22 +36,20 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from helm_eval_lm import (  # beside this script
+from benchmarks.helm_eval_lm import (
     collect,
     lm_chains,
     lm_markdown,
     write_cds_sets,
 )
-from results_io import write_results
-
+from benchmarks.results_io import write_results
 from helm_scale.evaluate.probes.report import (
     bar_chart,
     compare_annotation_markdown,
     compare_markdown,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = ("xe", "hxe")
 BASELINE = "lstm"  # trained and exported like the pair, scored by the language-model metrics only
@@ -308,7 +306,7 @@ def main() -> int:
         "downstream": downstream, "annotation": annotation, "lm_metrics": lm,
         "commands": pipe.commands, "seconds": pipe.seconds,
         "total_seconds": round(time.perf_counter() - started, 1),
-        "command": "python benchmarks/helm_eval.py" + (" --quick" if args.quick else "")
+        "command": "python -m benchmarks.helm_eval" + (" --quick" if args.quick else "")
                    + (" --random-baseline" if args.random_baseline else "")
                    + (" --backbones " + " ".join(args.backbones) if args.backbones else ""),
     }

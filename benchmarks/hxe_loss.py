@@ -1,7 +1,7 @@
 """Forward + backward time and peak memory: vocab-parallel HXE vs megatron-core's flat
 vocab-parallel CE vs F.cross_entropy, on the same logits, side by side in one run.
 
-    python benchmarks/hxe_loss.py [--quick] [--sixmer] [--out PATH]
+    python -m benchmarks.hxe_loss [--quick] [--sixmer] [--out PATH]
 
 Codon vocabulary padded to 128 (as megatron pads it), 8k / 32k / 128k tokens, fp32 and
 bf16 logits (the loss math is fp32 either way), TP = 1 and 2. Two gloo processes, one
@@ -25,7 +25,6 @@ import ctypes
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -33,11 +32,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helm_scale.codon import CODONS, GENETIC_CODE, CodonTree, Vocabulary  # noqa: E402
-from helm_scale.losses import HierarchicalLoss, LossConfig, build_loss  # noqa: E402
-from tests.dist_utils import run_ranks  # noqa: E402
-from results_io import write_results  # noqa: E402  (beside this script)
+from benchmarks.results_io import write_results
+from helm_scale.codon import CODONS, GENETIC_CODE, CodonTree, Vocabulary
+from helm_scale.losses import HierarchicalLoss, LossConfig, build_loss
+from tests.dist_utils import run_ranks
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hxe_loss_cpu.json"
 # (vocabulary, tokens, logits dtype). A 4,096-entry vocabulary costs 32x the codon

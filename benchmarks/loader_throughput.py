@@ -24,7 +24,7 @@ throughput passes alternating with ours (the 2 cores are shared: load drifts).
 
 Prints tables and writes benchmarks/results/loader_throughput_cpu.json.
 
-    python benchmarks/loader_throughput.py [--seconds 1.5] [--repeats 3] [--startup-dataset DIR]
+    python -m benchmarks.loader_throughput [--seconds 1.5] [--repeats 3] [--startup-dataset DIR]
                                            [--baseline 82bd328]
 """
 from __future__ import annotations
@@ -43,9 +43,9 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
+from benchmarks.results_io import write_results
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from results_io import write_results  # noqa: E402  (beside this script)
 SHARED_DATA = REPO.parent / "shared" / "data"
 CORPUS = SHARED_DATA / "corpus" / "antibody_heavy_chains.fasta.gz"
 TARGET_TOKENS_PER_S = 4_000_000
@@ -184,11 +184,11 @@ class _Baseline:
         import subprocess
         out = Path(self.tmp.name) / "out.json"
         a = self.args
-        argv = [sys.executable, __file__, "--code-root", str(self.tree), "--out", str(out), "--seconds", str(a.seconds),
-                "--micro-batch", str(a.micro_batch), "--seq-len", str(a.seq_len), *extra]
+        argv = [sys.executable, "-m", "benchmarks.loader_throughput", "--code-root", str(self.tree), "--out", str(out),
+                "--seconds", str(a.seconds), "--micro-batch", str(a.micro_batch), "--seq-len", str(a.seq_len), *extra]
         print(f"+ baseline {self.rev}: {' '.join(extra)}", flush=True)
         out.unlink(missing_ok=True)
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
         return json.loads(out.read_text()) if out.exists() else {}  # --prepare-to writes none
 
 

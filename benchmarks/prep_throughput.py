@@ -14,7 +14,7 @@ other in the same run:
                  REV (e.g. 82bd328, shard format 1), exported to a temporary tree, so
                  the before/after ratio is measured side by side in one run
 
-Usage: python benchmarks/prep_throughput.py [--repeat 3] [--baseline 82bd328]
+Usage: python -m benchmarks.prep_throughput [--repeat 3] [--baseline 82bd328]
 """
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.results_io import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "data" / "corpus"
 FILES = ("natural_cds.fasta.gz", "antibody_heavy_chains.fasta.gz")
-sys.path.insert(0, str(ROOT))
-from results_io import write_results  # noqa: E402  (beside this script)
 
 
 def naive(fasta: Path) -> int:
@@ -138,8 +138,9 @@ def main() -> int:
         for _ in range(args.repeat):  # interleaved, so machine load hits all variants alike
             for name, extra in variants.items():
                 row = json.loads(subprocess.run(
-                    [sys.executable, __file__, "--variant", name, "--fasta", str(fasta), *extra],
-                    check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+                    [sys.executable, "-m", "benchmarks.prep_throughput", "--variant", name, "--fasta", str(fasta),
+                     *extra],
+                    check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip().splitlines()[-1])
                 if name not in results or row["seconds"] < results[name]["seconds"]:  # best wall time
                     results[name] = row
     cores = min(os.cpu_count() or 1, 2)

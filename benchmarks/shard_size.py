@@ -13,7 +13,7 @@ at prep's default zstd level (``--zstd-level``; zstd-3 stays the reference).
 Goals: shards <= 1.15x zstd-3, and smaller than the input. Prints a table and writes
 benchmarks/results/shard_size_cpu.json.
 
-    python benchmarks/shard_size.py [--synth-records 20000] [--chunk-size 1048576]
+    python -m benchmarks.shard_size [--synth-records 20000] [--chunk-size 1048576]
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import zstandard
 
+from benchmarks.results_io import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from results_io import write_results  # noqa: E402  (beside this script)
 CORPUS = ROOT.parent / "shared" / "data" / "corpus"
 # In-frame CDS keep the ORF policy; antibody reads are V(D)J, in frame but not ATG..stop.
 FRAME = {"natural_cds.fasta.gz": "orf"}

@@ -38,9 +38,9 @@ Peak memory (CUDA only): the most allocated while the stack was built and warmed
 above what was allocated before it (so the other stack's tensors do not count).
 
 Usage:
-  python benchmarks/train_throughput.py                       # CPU: a small size
-  python benchmarks/train_throughput.py --config configs/helm_50m.yaml --batch 128 --bf16 [--compile]   # GPU
-  python benchmarks/train_throughput.py --config configs/helm_1b.yaml --batch 16 --bf16 --activation-checkpointing
+  python -m benchmarks.train_throughput                       # CPU: a small size
+  python -m benchmarks.train_throughput --config configs/helm_50m.yaml --batch 128 --bf16 [--compile]   # GPU
+  python -m benchmarks.train_throughput --config configs/helm_1b.yaml --batch 16 --bf16 --activation-checkpointing
   add --objective mlm for the bidirectional model with 15% masked codons (peer: HF BERT)
   add --dataset DIR [--layout padded] for real sequences as our loader makes them (see Batches)
   add --backbones mamba hyena for Mamba and Hyena rows of similar parameter count
@@ -63,9 +63,9 @@ from unittest import mock
 
 import torch
 
+from benchmarks.results_io import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from results_io import write_results  # noqa: E402  (beside this script)
 
 
 CORPUS_BATCHES = 4  # distinct micro-batches cycled with --dataset: lengths vary between them

@@ -1,15 +1,14 @@
 """Helpers for the evaluation tests: tiny exports and a tiny prepared corpus."""
 from pathlib import Path
 
-import pytest
 import torch
 
-from data_prep.prep import PrepConfig, SplitPolicy, run_prep
 from data_prep.synth import generate, write_fasta
-from helm_scale.export import load_exported, save_export
+from helm_scale.export import save_export
 from helm_scale.models.config import ModelConfig
 from helm_scale.models.registry import build_model
 from helm_scale.train_config import DataConfig, TrainConfig
+from tests.corpora import prepare
 
 TINY_MODEL = {"num_layers": 1, "hidden_size": 32, "ffn_hidden_size": 64, "num_heads": 2, "max_seq_len": 64}
 
@@ -30,20 +29,4 @@ def tiny_export(out: Path, objective: str = "clm", seed: int = 0, std: float = 0
 
 def tiny_dataset(root: Path, records: int = 120, test_fraction: float = 0.3, val_fraction: float = 0.0) -> Path:
     write_fasta(root / "corpus.fa", generate(records, seed=3, median_codons=25, min_codons=12, defect_rate=0))
-    out = root / "shards"
-    run_prep(PrepConfig(inputs=[str(root / "corpus.fa")], output=str(out), workers=1, progress=False,
-                        split=SplitPolicy(val_fraction=val_fraction, test_fraction=test_fraction), shard_bytes=1 << 20))
-    return out
-
-
-__all__ = ["load_exported", "tiny_dataset", "tiny_export"]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tensors are small: a second OpenMP thread gains nothing, and on a shared, busy
-    CPU its spin-waits made these tests 10-50x slower (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return prepare(root / "shards", [root / "corpus.fa"], val_fraction=val_fraction, test_fraction=test_fraction)

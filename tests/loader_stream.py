@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.corpora import loader_dataset
+
 # One shard per split in either format (shard_bytes well above the split's size), so the
 # shard permutation is the same, and several shuffle windows, so window order matters.
-# families=0: synth's unstructured corpus, the one the golden fingerprints were made on.
-CORPUS = dict(n_records=300, median_codons=40, seed=7, families=0)
+# The corpus is tests.corpora.LOADER_CORPUS (synth's unstructured one, families=0).
 SHARD_BYTES = 64 << 20
 VARIANTS = {
     "clm padded": dict(objective="clm", pack=False),
@@ -36,17 +37,6 @@ EPOCHS = 2
 ORDER_CASES = [dict(sizes=[77, 77, 77, 46, 5, 130], seed=3, epoch=1, window=50),
                dict(sizes=[1000, 1, 999, 512], seed=0, epoch=0, window=300),
                dict(sizes=[4096] * 5 + [17], seed=11, epoch=2, window=4096)]
-
-
-def make_corpus_dataset(out: Path) -> Path:
-    from data_prep.prep import PrepConfig, SplitPolicy, run_prep
-    from data_prep.synth import generate, write_fasta
-    fasta = out.parent / f"{out.name}.fasta"
-    write_fasta(fasta, generate(CORPUS["n_records"], seed=CORPUS["seed"], median_codons=CORPUS["median_codons"],
-                                min_codons=10, max_codons=200, families=CORPUS["families"]))
-    run_prep(PrepConfig(inputs=[str(fasta)], output=str(out), shard_bytes=SHARD_BYTES, workers=1,
-                        progress=False, split=SplitPolicy(val_fraction=0.05, test_fraction=0.0)))
-    return out
 
 
 def _digest(batch) -> str:
@@ -91,7 +81,7 @@ def order_fingerprints() -> list:
 
 def fingerprints() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = make_corpus_dataset(Path(tmp) / "corpus")
+        dataset = loader_dataset(Path(tmp) / "corpus", SHARD_BYTES)
         return {"streams": stream_fingerprints(dataset), "orders": order_fingerprints()}
 
 

@@ -12,11 +12,8 @@ import torch
 from helm_scale.cli import main
 from helm_scale.codon import CODONS
 from helm_scale.evaluate.probes.annotation import codon_labels
-from tests.eval_utils import one_torch_thread  # noqa: F401 (autouse fixture)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 
 
 @pytest.fixture(scope="module")

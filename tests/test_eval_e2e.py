@@ -13,7 +13,8 @@ from helm_scale.evaluate import (
     read_sequences,
     sequence_nll,
 )
-from tests.eval_utils import load_exported, tiny_dataset, tiny_export
+from helm_scale.export import load_exported
+from tests.eval_utils import tiny_dataset, tiny_export
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,13 @@ import torch
 
 from helm_scale.cli import main
 from helm_scale.evaluate import evaluate_intrinsic, generate, sequence_nll
+from helm_scale.export import load_exported
 from helm_scale.models.config import ModelConfig
 from helm_scale.models.lstm import LstmLM
 from helm_scale.models.registry import num_parameters
 from helm_scale.train_config import load_train_config
 from tests.dist_utils import run_ranks
-from tests.eval_utils import load_exported, tiny_dataset, tiny_export
+from tests.eval_utils import tiny_dataset, tiny_export
 
 ROOT = Path(__file__).resolve().parents[1]
 LSTM = str(ROOT / "configs" / "lstm_baseline.yaml")

@@ -16,7 +16,6 @@ from helm_scale.evaluate.probes.heads import (
     train_token_head,
 )
 from helm_scale.evaluate.probes.scores import spearman
-from tests.eval_utils import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def _split(n):

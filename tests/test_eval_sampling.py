@@ -11,8 +11,9 @@ from helm_scale.evaluate.generation.sampling import (
     generate_records,
 )
 from helm_scale.evaluate.sequences import EvalInputError
+from helm_scale.export import load_exported
 from helm_scale.tokenizer import SequenceError
-from tests.eval_utils import load_exported, tiny_export
+from tests.eval_utils import tiny_export
 
 # Hand-made distribution over 8 entries: 1..5 may be drawn, 0, 6 and 7 (a "special" and
 # two padding entries) may not, and carry the largest logits to prove it.

@@ -1,17 +1,12 @@
 """benchmarks/helm_eval_lm.py, the language-model half of the HELM benchmark: its commands
 run (in-process) on tiny exports and a tiny corpus, and the tables come out of their JSON."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from benchmarks import helm_eval_lm
 from helm_scale.cli import main as helm_scale
-from tests.eval_utils import one_torch_thread, tiny_dataset, tiny_export  # noqa: F401 (autouse fixture)
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import helm_eval_lm
+from tests.eval_utils import tiny_dataset, tiny_export
 
 HELM = ["python", "-m", "helm_scale.cli"]
 

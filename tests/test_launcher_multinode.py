@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.dist_utils import free_port, run_ranks
 from tests.torchrun_utils import kill_job, losses
-from tests.train_fixtures import synthetic_dataset  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +27,6 @@ SHORT = [f"schedule.max_steps={STEPS}", "schedule.warmup_steps=2", "run.log_inte
          "data.seq_len=64", "data.num_workers=0"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(target_args: list[str], run_dir: Path, dataset: str, console: Path, overrides=()) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "helm_scale.cli", "launch", *target_args, TINY,
@@ -43,7 +36,7 @@ def _launch(target_args: list[str], run_dir: Path, dataset: str, console: Path, 
 
 
 def _two_nodes(run_dir: Path, dataset: str) -> list[subprocess.Popen]:
-    port = _free_port()
+    port = free_port()
     return [_launch(["torchrun", "--nnodes", "2", "--node-rank", str(rank), "--rdzv-endpoint", f"127.0.0.1:{port}",
                      "--rdzv-id", run_dir.name, "--nproc-per-node", "1", "--max-restarts", "2",
                      "--stop-grace", "10", "--collective-timeout", "60"],
@@ -101,7 +94,7 @@ def _wait_for_step(run_dir: Path, step: int, procs: list[subprocess.Popen], time
 
 
 @pytest.fixture(scope="module")
-def reference(synthetic_dataset, tmp_path_factory):  # noqa: F811
+def reference(synthetic_dataset, tmp_path_factory):
     """An uninterrupted two-node job: its run directory."""
     run_dir = tmp_path_factory.mktemp("two-nodes") / "run"
     codes = _wait(_two_nodes(run_dir, synthetic_dataset), timeout=300)
@@ -122,7 +115,7 @@ def test_two_launchers_make_one_two_node_job(reference):
     assert sorted(losses(reference)) == list(range(1, STEPS + 1))
 
 
-def test_killed_worker_restarts_resumes_and_ends_as_uninterrupted(reference, synthetic_dataset, tmp_path):  # noqa: F811
+def test_killed_worker_restarts_resumes_and_ends_as_uninterrupted(reference, synthetic_dataset, tmp_path):
     run_dir = tmp_path / "run"
     procs = _two_nodes(run_dir, synthetic_dataset)
     try:
@@ -139,7 +132,7 @@ def test_killed_worker_restarts_resumes_and_ends_as_uninterrupted(reference, syn
     assert losses(run_dir) == losses(reference)
 
 
-def test_a_hung_worker_ends_the_job_within_the_collective_timeout(synthetic_dataset, tmp_path):  # noqa: F811
+def test_a_hung_worker_ends_the_job_within_the_collective_timeout(synthetic_dataset, tmp_path):
     run_dir, console = tmp_path / "run", tmp_path / "console.log"
     proc = _launch(["local", "--nproc-per-node", "2", "--max-restarts", "0", "--stop-grace", "2",
                     "--collective-timeout", "5"], run_dir, synthetic_dataset, console)
@@ -192,16 +185,15 @@ def _timeout_on_a_hung_peer(rank, world_size):
 
 
 def test_collective_failure_on_a_real_gloo_timeout():
-    from tests.dist_utils import run_ranks
     line, _ = run_ranks(_timeout_on_a_hung_peer, 2)
     assert line and line.startswith("rank 0: all_reduce timed out after 2 s: another rank is hung or dead")
 
 
-def test_deepspeed_target_trains_on_one_local_host(synthetic_dataset, tmp_path):  # noqa: F811
+def test_deepspeed_target_trains_on_one_local_host(synthetic_dataset, tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("localhost slots=2\n")
     run_dir = tmp_path / "run"
-    proc = _launch(["deepspeed", "--hostfile", str(hostfile), "--master-port", str(_free_port())], run_dir,
+    proc = _launch(["deepspeed", "--hostfile", str(hostfile), "--master-port", str(free_port())], run_dir,
                    synthetic_dataset, tmp_path / "console.log", ["parallel.backend=deepspeed", "parallel.zero_stage=1", "run.checkpoint_interval=0"])
     assert _wait([proc], timeout=300) == [0], (tmp_path / "console.log").read_text()[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == STEPS

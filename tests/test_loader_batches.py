@@ -10,7 +10,8 @@ import torch
 
 from helm_scale.codon import Vocabulary
 from helm_scale.data import IGNORE_INDEX, LoaderConfig, block_attention_mask, build_loader
-from tests.test_loader_fixtures import reference_tokens, small_dataset  # noqa: F401 (fixture)
+from helm_scale.shard_format import read_manifest
+from tests.corpora import SHARED_DATA, reference_tokens
 
 VOCAB = Vocabulary.default()
 
@@ -19,6 +20,15 @@ def _cfg(dataset, **kw):
     base = dict(dataset_dir=str(dataset), seq_len=128, micro_batch_size=8, num_workers=0,
                 shuffle_window=100, seed=11)
     return LoaderConfig(**{**base, **kw})
+
+
+def test_the_fixture_has_several_uneven_shards(small_dataset):
+    """Uneven shards of several chunks: what several tests here rely on."""
+    shards = read_manifest(small_dataset)["splits"]["train"]["shards"]
+    sizes = [s["samples"] for s in shards]
+    assert len(sizes) >= 3 and len(set(sizes)) > 1
+    assert all(len(s["chunks"]) >= 2 for s in shards[:-1])
+    assert len(reference_tokens(small_dataset)) == sum(sizes)
 
 
 def _epoch(loader):
@@ -215,7 +225,6 @@ def test_the_stream_is_the_same_with_zero_one_and_two_workers(small_dataset):
 
 @pytest.mark.slow
 def test_real_antibody_corpus_is_read_whole_and_exactly(tmp_path):
-    from tests.test_loader_fixtures import SHARED_DATA
     corpus = SHARED_DATA / "corpus" / "antibody_heavy_chains.fasta.gz"
     if not corpus.is_file():
         pytest.skip(f"{corpus} absent: real-data check needs ../shared/data")

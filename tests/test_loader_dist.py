@@ -11,8 +11,8 @@ import torch.distributed as dist
 
 from helm_scale.data import LoaderConfig, build_loader
 from helm_scale.shard_format import read_manifest
+from tests.corpora import loader_dataset
 from tests.dist_utils import run_ranks
-from tests.test_loader_fixtures import make_dataset
 
 MB = 4
 CONFIGS = {"mlm_packed": dict(objective="mlm", pack=True),
@@ -71,7 +71,7 @@ def _tp_dp_checks(rank, world, dataset_dir):
 
 @pytest.fixture(scope="module")
 def two_shard_dataset(tmp_path_factory):
-    path = make_dataset(tmp_path_factory.mktemp("dist") / "two", shard_bytes=8 << 10)
+    path = loader_dataset(tmp_path_factory.mktemp("dist") / "two", shard_bytes=8 << 10, chunk_bytes=1500)
     sizes = [s["samples"] for s in read_manifest(path)["splits"]["train"]["shards"]]
     assert len(sizes) == 2 and sizes[0] != sizes[1]
     return path

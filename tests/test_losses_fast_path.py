@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helm_scale.losses import LossConfig, build_loss
-from tests.test_losses import PADDED, VOCAB, make_batch
+from tests.loss_oracle import PADDED, VOCAB, make_batch
 
 
 def _saved_storages(fn, z, targets, mask):

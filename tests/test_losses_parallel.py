@@ -1,5 +1,5 @@
 """Vocab-parallel HXE over real gloo process groups (TP = 2 and 4), against the float64
-brute force of test_losses and against megatron-core's vocab_parallel_cross_entropy.
+brute force (tests/loss_oracle.py) and against megatron-core's vocab_parallel_cross_entropy.
 One process group per world size; every check runs inside it."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from helm_scale.losses import LossConfig, LossOutput, build_loss, metric_means, reduce_metric_sums
 from tests.dist_utils import run_ranks
-from tests.test_losses import CASES, PADDED, VOCAB, check_against_oracle, make_batch
+from tests.loss_oracle import CASES, PADDED, VOCAB, blocked_tree, check_against_oracle, make_batch
 
 PARALLEL_CASES = [(cfg, "helm") for cfg in CASES] + [
     (LossConfig("hxe", alpha=0.4, tree="random", tree_seed=1), "random"),
@@ -56,7 +56,6 @@ def _rank_checks(rank, world, batches):
     out["megatron"] = (res.loss.detach(), z.grad, ref_loss, ref_grad, fn.tree.num_nodes)
 
     # The blocked (k-mer style) layout, sliced across ranks, against one device.
-    from tests.test_losses import blocked_tree
     from helm_scale.losses import HierarchicalLoss
     g = torch.Generator().manual_seed(13)
     kmer = torch.randn(40, 64, generator=g, dtype=torch.float64) * 3

@@ -10,12 +10,13 @@ from helm_scale.cli import main
 from helm_scale.evaluate import generate, sequence_nll
 from helm_scale.evaluate.generation.decoding import decoder_for
 from helm_scale.evaluate.lm.scoring import embed
+from helm_scale.export import load_exported
 from helm_scale.models import mamba
 from helm_scale.models.config import ModelConfig
 from helm_scale.models.hyena import HyenaLM, long_conv
 from helm_scale.models.mamba import MambaLM, selective_scan
 from helm_scale.models.registry import build_model, num_parameters
-from tests.eval_utils import load_exported, one_torch_thread, tiny_export  # noqa: F401 (autouse fixture)
+from tests.eval_utils import tiny_export
 
 SMALL = {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "ffn_hidden_size": 48, "max_seq_len": 64}
 

@@ -10,11 +10,10 @@ import signal
 import pytest
 
 from helm_scale.cli import main
+from helm_scale.export import load_exported
 from tests.dist_utils import run_ranks
-from tests.eval_utils import load_exported
-from tests.test_trainer import _train
-from tests.torchrun_utils import TINY, interrupt_at, losses, run
-from tests.train_fixtures import synthetic_dataset  # noqa: F401 (fixture)
+from tests.torchrun_utils import interrupt_at, losses, run
+from tests.trainer_runs import train_and_evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +37,7 @@ def test_every_loss_and_backend_trains(arch, synthetic_dataset, tmp_path):
     short = ["schedule.max_steps=8", "schedule.warmup_steps=2", "run.log_interval=4", "run.eval_interval=0",
              "run.eval_batches=2", "data.eval_split=val"]
     runs = [[*ARCH[arch], *SMALL, *loss, *backend, *short] for loss, backend in RUNS]
-    results = run_ranks(_train, 2, synthetic_dataset, str(tmp_path), runs)
+    results = run_ranks(train_and_evaluate, 2, synthetic_dataset, str(tmp_path), runs)
     for (loss, backend), res in zip(RUNS, results[0]):
         assert math.isfinite(res["train"]["loss"]) and res["after"]["loss"] < res["before"]["loss"], (loss, backend)
     for a, b in zip(*results):  # both ranks report the same reduced metrics

@@ -21,7 +21,6 @@ import torch
 from helm_scale.checkpoint import CheckpointStore
 from tests.dist_utils import run_ranks
 from tests.torchrun_utils import interrupt_at, losses, run
-from tests.train_fixtures import synthetic_dataset  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 

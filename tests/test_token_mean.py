@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from helm_scale.codon import Vocabulary
 from helm_scale.models.config import pad_vocab
 from tests.dist_utils import run_ranks
-from tests.train_fixtures import synthetic_dataset  # noqa: F401 (fixture)
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 VOCAB = Vocabulary.default()

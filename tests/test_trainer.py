@@ -1,5 +1,4 @@
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -8,8 +7,9 @@ from data_prep.policy import RecordPolicy
 from helm_scale.cli import main
 from helm_scale.train_config import ScheduleConfig
 from helm_scale.trainer import lr_at
+from tests.corpora import prepare
 from tests.dist_utils import run_ranks
-from tests.train_fixtures import make_dataset, synthetic_dataset  # noqa: F401 (fixture)
+from tests.trainer_runs import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "corpus"
@@ -58,23 +58,6 @@ def test_sequence_parallel_needs_batch_lengths_that_split_across_tp(capsys, monk
     assert code == 2 and "data.pad_to_multiple_of divisible by TP 2" in capsys.readouterr().err
 
 
-def _train(rank, world_size, dataset, run_dir, overrides_list):
-    import warnings
-    warnings.filterwarnings("ignore")
-    from helm_scale.train_config import load_train_config
-    from helm_scale.trainer import Trainer
-    results = []
-    for i, overrides in enumerate(overrides_list):
-        cfg = load_train_config(TINY, [f"data.dataset_dir={dataset}", f"run.run_dir={run_dir}/{i}",
-                                       "data.num_workers=0", *overrides])
-        cfg.check(world_size)
-        trainer = Trainer(cfg)
-        before = trainer.evaluate()
-        summary = trainer.fit()
-        results.append({"before": before, "after": summary["eval"], "train": summary["train"]})
-    return results
-
-
 BACKENDS = [
     ["parallel.backend=ddp"],
     ["parallel.backend=ddp", "parallel.tensor_parallel=2"],
@@ -90,7 +73,7 @@ BACKENDS = [
 def test_every_backend_trains_through_the_trainer(synthetic_dataset, tmp_path):
     short = ["schedule.max_steps=6", "schedule.warmup_steps=2", "run.log_interval=3", "run.eval_interval=0",
              "run.eval_batches=2", "data.micro_batch_size=4", "data.seq_len=64"]
-    results = run_ranks(_train, 2, synthetic_dataset, str(tmp_path), [b + short for b in BACKENDS])
+    results = run_ranks(train_and_evaluate, 2, synthetic_dataset, str(tmp_path), [b + short for b in BACKENDS])
     for config, res in zip(BACKENDS, results[0]):
         assert math.isfinite(res["train"]["loss"]) and res["after"]["loss"] < res["before"]["loss"], config
         assert 0 <= res["train"]["data_wait"] <= 1, config
@@ -107,7 +90,8 @@ def test_cutting_padding_columns_trains_like_full_rows(synthetic_dataset, tmp_pa
     base = ["schedule.max_steps=4", "schedule.warmup_steps=1", "run.log_interval=4", "run.eval_interval=0",
             "run.eval_batches=2", "data.micro_batch_size=4", "data.seq_len=128", f"data.objective={objective}",
             f"model.attention={attention}"]
-    full, cut = run_ranks(_train, 1, synthetic_dataset, str(tmp_path), [base, base + ["data.pad_to_multiple_of=8"]])[0]
+    full, cut = run_ranks(train_and_evaluate, 1, synthetic_dataset, str(tmp_path),
+                          [base, base + ["data.pad_to_multiple_of=8"]])[0]
     for key in ("before", "after"):  # the same tokens, fewer padding columns: the same numbers
         assert cut[key]["loss"] == pytest.approx(full[key]["loss"], rel=1e-5), key
     assert cut["train"]["loss"] == pytest.approx(full["train"]["loss"], rel=1e-5)
@@ -145,10 +129,11 @@ def test_data_wait_is_the_share_of_time_spent_in_the_loader(synthetic_dataset, t
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/corpus is absent (real data is not part of the repo)")
 def test_clm_and_mlm_learn_real_antibody_sequences(tmp_path):
-    dataset = make_dataset(tmp_path, [SHARED / "antibody_heavy_chains.fasta.gz"], RecordPolicy(frame="trim"))
+    dataset = str(prepare(tmp_path / "shards", [SHARED / "antibody_heavy_chains.fasta.gz"],
+                          policy=RecordPolicy(frame="trim")))
     common = ["schedule.max_steps=120", "schedule.warmup_steps=10", "run.eval_interval=0", "run.log_interval=40",
               "data.seq_len=128", "data.micro_batch_size=16"]
-    clm, mlm = run_ranks(_train, 2, dataset, str(tmp_path / "runs"),
+    clm, mlm = run_ranks(train_and_evaluate, 2, dataset, str(tmp_path / "runs"),
                          [common, common + ["data.objective=mlm", "model.attention=bidirectional"]])[0]
     for name, res in (("clm", clm), ("mlm", mlm)):
         before, after = res["before"]["cross_entropy"], res["after"]["cross_entropy"]
