@@ -23,17 +23,7 @@ and padding is not; both stacks see the same real tokens each step.
 FLOPs per token (both models, same shapes): 6 x (L(4h^2 + 2hf) + V h) + 12 L h S,
 forward + backward, attention included (helm_scale.models.registry.flops_per_token),
 S the row length; TFLOP/s and MFU count real tokens only.
---backbones mamba hyena adds HELM's other backbones (helm_scale.models.mamba, .hyena) as
-more rows of the same run, trained like ours (same engine, HXE, batch): Hyena at the
-transformer's depth, width and MLP; Mamba at its width and MLP, with the depth that comes
-closest to its parameter count. They take one sequence per row, so with --dataset and
---layout packed they get the padded layout of the same sequences. Their FLOPs per token
-are their own (registry.flops_per_token: matmuls plus the scan / FFT convolution).
---baseline-scan REV adds one more Mamba row: the same model with helm_scale/models/mamba.py's
-selective_scan as of git revision REV (loaded beside ours, swapped in for that row's
-steps), so a change to the scan is measured side by side in one run. Backbone rows also
-report a forward-only pass (hidden states under inference_mode, as the evaluation
-commands embed sequences): tokens/s.
+--backbones mamba hyena and --baseline-scan REV: Mamba and Hyena rows (benchmarks/backbone_rows.py).
 Peak memory (CUDA only): the most allocated while the stack was built and warmed up,
 above what was allocated before it (so the other stack's tensors do not count).
 
@@ -50,19 +40,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import itertools
 import os
 import platform
-import subprocess
 import sys
 import time
-import types
 from pathlib import Path
-from unittest import mock
 
 import torch
 
+from benchmarks.backbone_rows import forward_only, scan_at, size_matched, with_scan
 from benchmarks.results_io import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,77 +83,6 @@ def _ours(cfg, batches, device, bf16, recompute, compile_blocks, pack):
     def loss_alone():
         loss_fn(logits.clone().requires_grad_(True), labels, mask).loss.backward()
     return step, engine.module, loss_alone
-
-
-def _size_matched(cfg, arch: str):
-    """A Mamba or Hyena config of about ``cfg``'s parameter count (see the docstring)."""
-    other = dataclasses.replace(cfg, arch=arch, position="learned" if arch == "mamba" else "none")
-    if arch == "hyena":
-        return other
-    from helm_scale.models.registry import num_parameters
-    target = num_parameters(cfg)
-    return min((dataclasses.replace(other, num_layers=n) for n in range(1, 4 * cfg.num_layers + 1)),
-               key=lambda c: abs(num_parameters(c) - target))
-
-
-# Where mamba.py lived at a revision, newest first, and the modules it imported there that
-# have since moved: the old source runs against today's modules under their old names.
-_MAMBA_PATHS = ("helm_scale/models/mamba.py", "helm_scale/mamba.py")
-_MOVED_MODULES = {"helm_scale.mixer_lm": ("helm_scale.models.mixer_lm",),
-                  "helm_scale.model_config": ("helm_scale.models.config", "helm_scale.models.layers")}
-
-
-def _scan_at(rev: str):
-    """selective_scan from Mamba's module as of git revision ``rev``, loaded as a module
-    of its own beside ours."""
-    for path in _MAMBA_PATHS:
-        shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True)
-        if shown.returncode == 0:
-            break
-    else:
-        raise SystemExit(f"--baseline-scan: no Mamba module at {rev} ({', '.join(_MAMBA_PATHS)})")
-    aliases = {}
-    for old, news in _MOVED_MODULES.items():
-        if old not in sys.modules:
-            alias = aliases[old] = types.ModuleType(old)
-            for name in news:
-                alias.__dict__.update(vars(importlib.import_module(name)))
-    module = types.ModuleType(f"helm_scale_mamba_at_{rev}")
-    sys.modules.update(aliases)
-    sys.modules[module.__name__] = module  # its dataclasses look their module up
-    try:
-        exec(compile(shown.stdout, f"{rev}:{path}", "exec"), module.__dict__)
-    finally:
-        for old in aliases:
-            del sys.modules[old]
-    return module.selective_scan
-
-
-def _with_scan(build, scan):
-    """``build``'s runner whose steps run with Mamba's selective_scan = ``scan``."""
-    from helm_scale.models import mamba
-
-    def built():
-        step, model, loss_alone = build()
-
-        def swapped():
-            with mock.patch.object(mamba, "selective_scan", scan):
-                step()
-        return swapped, model, loss_alone
-    return built
-
-
-def _forward_only(model, batches, scan=None):
-    """One forward of a backbone's hidden states under inference_mode, as the evaluation
-    commands embed sequences (with ``scan`` as Mamba's selective_scan when given)."""
-    from helm_scale.models import mamba
-    turns = itertools.cycle(batches)
-
-    def step():
-        with torch.inference_mode(), mock.patch.object(mamba, "selective_scan",
-                                                       scan or mamba.selective_scan):
-            model.hidden_states(next(turns)["input_ids"])
-    return step
 
 
 def _peer(cfg, batches, device, bf16, recompute):
@@ -367,7 +283,7 @@ def main() -> int:
         unpacked = [{k: v.to(device) for k, v in b.items()} for b in
                     _corpus_batches(args.dataset, args.batch, seq, args.objective, False, CORPUS_BATCHES)]
     for arch in args.backbones:
-        name, configs[f"helm_{arch}"] = f"helm_{arch}", _size_matched(cfg, arch)
+        name, configs[f"helm_{arch}"] = f"helm_{arch}", size_matched(cfg, arch)
         batches_of[name] = unpacked
         builders[name] = (lambda c: lambda: _ours(c, unpacked, device, args.bf16, recompute, args.compile,
                                                   False))(configs[name])
@@ -375,16 +291,16 @@ def main() -> int:
     if args.baseline_scan:
         if "mamba" not in args.backbones:
             ap.error("--baseline-scan needs --backbones mamba")
-        old_scan, name = _scan_at(args.baseline_scan), f"helm_mamba@{args.baseline_scan}"
+        old_scan, name = scan_at(args.baseline_scan), f"helm_mamba@{args.baseline_scan}"
         configs[name], batches_of[name] = configs["helm_mamba"], unpacked
-        builders[name] = _with_scan(builders["helm_mamba"], old_scan)
+        builders[name] = with_scan(builders["helm_mamba"], old_scan)
     runners, peak_gib = {}, {}
     for name, build in builders.items():
         runners[name], peak_gib[name] = _build_and_warm(build, warmup, device)
     timed = {**{name: runner[0] for name, runner in runners.items()}, "hxe_loss": runners["helm_scale"][2]}
-    forward_only = [name for name in runners if configs[name].arch in ("mamba", "hyena")]
-    for name in forward_only:
-        timed[f"{name} forward"] = _forward_only(runners[name][1], batches_of[name],
+    forward_rows = [name for name in runners if configs[name].arch in ("mamba", "hyena")]
+    for name in forward_rows:
+        timed[f"{name} forward"] = forward_only(runners[name][1], batches_of[name],
                                                  old_scan if "@" in name else None)
     best = {name: float("inf") for name in timed}
     for _ in range(args.repeat):  # alternate, so machine load hits all alike
@@ -417,7 +333,7 @@ def main() -> int:
                                f"x{configs[name].ffn_hidden_size}",
                       "padding": padding[name], "peak_gib": peak_gib[name],
                       "parameters": sum(p.numel() for p in model.parameters())}
-        if name in forward_only:
+        if name in forward_rows:
             rows[name]["forward_only_tokens_per_s"] = n / best[f"{name} forward"]
         r = rows[name]
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
@@ -433,7 +349,7 @@ def main() -> int:
             print(f"  {op['self_ms_per_step']:9.2f}  x{op['calls_per_step']:<6g} {op['op'][:90]}")
     ratio = rows["helm_scale"]["tokens_per_s"] / rows[peer_name]["tokens_per_s"]
     print(f"helm_scale / {peer_name} tokens/s: {ratio:.2f}x")
-    for name in forward_only:
+    for name in forward_rows:
         r = rows[name]
         print(f"{name} ({r['model']}) / helm_scale transformer tokens/s: "
               f"{r['tokens_per_s'] / rows['helm_scale']['tokens_per_s']:.2f}x; forward only "
